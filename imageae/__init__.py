@@ -1,0 +1,16 @@
+"""imageae: convolutional autoencoders that denoise, compress and generate images.
+
+Public API::
+
+    imageae.denoise(image)                 # numpy / PIL image in, same kind out
+    imageae.denoise_folder(src, dst)       # a folder job; returns a FolderReport
+    imageae.load_model(name_or_path, job)  # a shipped model by name, or a .keras file
+    imageae.list_models()
+"""
+
+__version__ = "0.1.0"
+
+from imageae.api import Denoiser, denoise, denoise_folder  # noqa: E402
+from imageae.registry import list_models, load_model  # noqa: E402
+
+__all__ = ["Denoiser", "denoise", "denoise_folder", "list_models", "load_model", "__version__"]

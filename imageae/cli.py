@@ -1,0 +1,253 @@
+"""The ``imageae`` command line: argparse only; flags become API calls and configs here.
+
+Exit codes: 0 every file succeeded, 1 some files failed (each named with its reason),
+2 usage error, 130 interrupted.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_EPILOG_DENOISE = """\
+examples:
+  imageae denoise data/samples -o out/          every image below data/samples, tree mirrored
+  imageae denoise scan.tif photo.jpg -o clean/  single files
+  imageae denoise photos/ -o clean/ --ext png   write PNG whatever the input format
+  imageae denoise photos/ -o clean/ --model denoise-grey   force a model (grey runs per channel)
+
+Outputs keep each input's size, grey/colour mode, alpha channel and bit depth (16-bit PNG and
+TIFF stay 16-bit), in the input's format unless --ext says otherwise. Existing outputs are
+skipped unless --overwrite. Unreadable files are reported by name and the run goes on; the
+exit code is then 1.
+"""
+
+_EPILOG_TRAIN = """\
+examples:
+  imageae train denoiser --data ../shared/datasets/denoise/Train400 --channels 1 \\
+      -o saved_models/denoise-grey.keras --checkpoint-dir ~/ckpt/grey
+  imageae train denoiser --data my_photos/ --channels 3 --init denoise-colour --steps 2000 \\
+      -o my-denoiser.keras        (fine-tune the shipped colour model on your own images)
+
+Patches are cut at random from the training images with random flips and rotations; white
+Gaussian noise with sigma drawn uniformly from [--sigma-min, --sigma-max] (0..255 scale) is
+added. A fixed validation set (centre crops of held-out images at sigma 15/25/50) decides the
+best checkpoint and early stopping. Checkpoints, a CSV history and TensorBoard logs go to
+--checkpoint-dir (resume with --resume); the model card (.json) and a training-curve PNG go
+next to the output model.
+"""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _quality(text):
+    value = _positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"quality must be 1..100, got {value}")
+    return value
+
+
+def _add_runtime_flags(parser):
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "gpu"], default="auto",
+        help="where to compute: a GPU when TensorFlow sees one (auto), or force one (default: auto)",
+    )
+    parser.add_argument(
+        "--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
+        help="compute precision: auto = bfloat16 on CPUs that have it, float16 on GPUs, else float32",
+    )
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="imageae",
+        description="Convolutional autoencoders for images: denoise folders of photos and scans.",
+        epilog="Run 'imageae COMMAND --help' for each command's options and examples.",
+    )
+    parser.add_argument("--version", action="version", version=f"imageae {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser(
+        "denoise", help="remove noise from images (files or folders)", description="Remove noise from images.",
+        epilog=_EPILOG_DENOISE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree)")
+    p.add_argument("--model", default="auto",
+                   help="auto (grey model for grey images, colour model for colour), a name from "
+                        "'imageae models', or a .keras path (default: auto)")
+    p.add_argument("--ext", help="output format by extension: png, jpg, webp, tif, bmp (default: keep the input's)")
+    p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality when writing those (default: 95)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--skip-existing", dest="overwrite", action="store_false", default=False,
+                       help="keep outputs that already exist (default)")
+    group.add_argument("--overwrite", dest="overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per model call (default: 4)")
+    p.add_argument("--tile", type=_positive_int, default=1024,
+                   help="tile size in pixels; larger images run as overlapping tiles, seamlessly (default: 1024)")
+    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                   help="progress bar with images/s (auto: only on a terminal)")
+    _add_runtime_flags(p)
+
+    p = commands.add_parser("models", help="list the shipped models", description="List the shipped models.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = commands.add_parser("train", help="train or fine-tune a model on your own images",
+                            description="Train or fine-tune a model.")
+    train = p.add_subparsers(dest="family", metavar="MODEL", required=True)
+    t = train.add_parser(
+        "denoiser", help="a blind Gaussian denoiser", description="Train a blind Gaussian denoiser.",
+        epilog=_EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--data", nargs="+", required=True, help="folders of clean training images")
+    t.add_argument("-o", "--output", required=True, help="where to write the trained .keras model")
+    t.add_argument("--channels", type=int, choices=[1, 3], default=1, help="1 grey, 3 colour (default: 1)")
+    t.add_argument("--init", help="start from this model (name or .keras path) to fine-tune it")
+    t.add_argument("--filters", default="64,128,256", help="channels per U-Net level (default: 64,128,256)")
+    t.add_argument("--blocks-per-level", type=_positive_int, default=1, help="residual blocks per level (default: 1)")
+    t.add_argument("--steps", type=_positive_int, default=20000, help="optimiser steps (default: 20000)")
+    t.add_argument("--steps-per-epoch", type=_positive_int, default=500, help="steps between validations (default: 500)")
+    t.add_argument("--batch-size", type=_positive_int, default=16, help="patches per step (default: 16)")
+    t.add_argument("--patch-size", type=_positive_int, default=96, help="patch side in pixels (default: 96)")
+    t.add_argument("--learning-rate", type=float, default=1e-3, help="peak Adam learning rate, cosine decay (default: 1e-3)")
+    t.add_argument("--sigma-min", type=float, default=0.0, help="smallest training noise sigma, 0..255 scale (default: 0)")
+    t.add_argument("--sigma-max", type=float, default=55.0, help="largest training noise sigma (default: 55)")
+    t.add_argument("--patience", type=_positive_int, default=10, help="early-stopping patience in epochs (default: 10)")
+    t.add_argument("--checkpoint-dir", default="", help="checkpoints and logs (default: next to --output; keep it outside the repo)")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    t.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
+                   help="training precision (default: auto)")
+    return parser
+
+
+def _version():
+    from imageae import __version__
+
+    return __version__
+
+
+def _configure_device(device):
+    """Hide GPUs for --device cpu; refuse --device gpu when there is none."""
+    import tensorflow as tf
+
+    if device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    elif device == "gpu" and not tf.config.list_physical_devices("GPU"):
+        raise RuntimeError("--device gpu: TensorFlow sees no GPU on this machine")
+    return "cpu" if device == "cpu" else "auto"
+
+
+def _cmd_denoise(args):
+    from imageae.api import denoise_folder
+
+    device = _configure_device(args.device)
+    progress = {"auto": None, "on": True, "off": False}[args.progress]
+    report = denoise_folder(
+        args.inputs, args.output, model=args.model, ext=args.ext, quality=args.quality,
+        overwrite=args.overwrite, precision=args.precision if device == "auto" else args.precision,
+        tile=args.tile, batch_size=args.batch_size, progress=progress,
+    )
+    print(report.summary("denoised"), file=sys.stderr if report.failed else sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_models(args):
+    from imageae.registry import list_models
+
+    rows = [m.as_dict() for m in list_models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        flag = "" if r["available"] else "  [weights missing]"
+        print(f"{r['name']:<{width}}  {r['job']:<9} {r['colour_mode']:<7} {r['description']}{flag}")
+        print(f"{'':<{width}}  {os.path.relpath(r['file'])}")
+    return EXIT_OK
+
+
+def _cmd_train(args):
+    from imageae.train import DenoiserTrainConfig, train_denoiser
+
+    try:
+        filters = tuple(int(f) for f in args.filters.split(","))
+    except ValueError:
+        raise ValueError(f"--filters must be comma-separated integers, got {args.filters!r}") from None
+    config = DenoiserTrainConfig(
+        data=args.data, output=args.output, channels=args.channels, init=args.init or "", filters=filters,
+        blocks_per_level=args.blocks_per_level, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size, patch_size=args.patch_size, learning_rate=args.learning_rate,
+        sigma_min=args.sigma_min, sigma_max=args.sigma_max, patience_epochs=args.patience,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed, precision=args.precision,
+    )
+    path = train_denoiser(config, progress=sys.stdout.isatty())
+    print(f"wrote {path} and its model card {path.with_suffix('.json')}")
+    return EXIT_OK
+
+
+def _quiet_tensorflow_import():
+    """Import TensorFlow with its start-up chatter (oneDNN, CUDA probing) kept off the terminal.
+
+    TensorFlow logs those lines from C++ before its log level applies, so stderr is pointed at
+    /dev/null for the import only; an import error is still raised (and shown) as usual.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        saved = os.dup(2)
+    except OSError:
+        saved = None
+    if saved is None:
+        import tensorflow  # noqa: F401
+
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def main(argv=None):
+    """Run the imageae command line; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    _quiet_tensorflow_import()
+    handlers = {"denoise": _cmd_denoise, "models": _cmd_models, "train": _cmd_train}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted; outputs written so far are complete, no partial files were left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, TypeError) as error:
+        print(f"imageae {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def main_exit():
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

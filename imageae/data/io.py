@@ -1,0 +1,330 @@
+"""Image files in and out: the only module that opens or writes image files.
+
+Decoding goes through Pillow, with OpenCV for what Pillow cannot keep (16-bit colour PNG and
+TIFF). TensorFlow's own decoders are not used: they read no TIFF, ignore EXIF orientation and
+decode WebP only to 8 bits.
+
+An image is carried as a :class:`DecodedImage`: the colour or grey pixels as an (H, W, C)
+uint8 or uint16 array (C is 1 or 3), the alpha channel kept apart and untouched, and what is
+needed to write the result back in the input's format, mode and bit depth.
+"""
+
+import dataclasses
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Formats an output may be written in, by extension; GIF input is written as PNG by default
+# because re-quantising a processed image to a 256-colour palette would undo the processing.
+WRITE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".bmp": "BMP",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+_SIXTEEN_BIT_FORMATS = ("PNG", "TIFF")
+
+
+class ImageReadError(ValueError):
+    """A file could not be read as an image; the message says why."""
+
+
+class ImageWriteError(ValueError):
+    """An image could not be written as asked; the message says why."""
+
+
+@dataclasses.dataclass
+class DecodedImage:
+    """Pixels plus what is needed to write a processed version back faithfully.
+
+    Attributes
+    ----------
+    pixels : numpy.ndarray
+        (H, W, C) uint8 or uint16, C = 1 (grey) or 3 (RGB), EXIF orientation applied.
+    alpha : numpy.ndarray or None
+        (H, W) alpha of the same dtype as ``pixels``, or None.
+    bit_depth : int
+        8 or 16.
+    format : str
+        Pillow format name of the source ("PNG", "JPEG", ...).
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None
+    bit_depth: int
+    format: str
+
+    @property
+    def channels(self):
+        return self.pixels.shape[-1]
+
+    def to_float(self):
+        """Pixels as float32 on the 0..1 scale."""
+        return self.pixels.astype(np.float32) / float(2**self.bit_depth - 1)
+
+
+def find_images(inputs, *, recursive=True):
+    """List the image files named by ``inputs``.
+
+    Parameters
+    ----------
+    inputs : path or sequence of paths
+        Files and folders. A folder contributes every file below it (recursively by
+        default) whose extension, in any case, is one of :data:`IMAGE_EXTENSIONS`. A file
+        named explicitly is listed whatever its extension, so that a bad one is reported
+        rather than silently skipped.
+
+    Returns
+    -------
+    list of (Path, Path)
+        ``(path, relative)`` pairs sorted by path within each input, where ``relative``
+        is the path below the input folder (the bare name for a file given directly); an
+        output tree built from ``relative`` mirrors the input tree.
+
+    Raises
+    ------
+    FileNotFoundError
+        If an input does not exist.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found = []
+    for item in inputs:
+        root = Path(item)
+        if root.is_dir():
+            pattern = root.rglob("*") if recursive else root.glob("*")
+            files = sorted(
+                p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            found.extend((p, p.relative_to(root)) for p in files)
+        elif root.is_file():
+            found.append((root, Path(root.name)))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {item}")
+    return found
+
+
+def _exif_orientation(img):
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block must not make a readable image unreadable
+        return 1
+
+
+def _apply_orientation(array, orientation):
+    """Rotate/flip an (H, W, ...) array as EXIF orientation tags 1-8 prescribe."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: np.swapaxes(a, 0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.swapaxes(a, 0, 1)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(array)) if op else array
+
+
+def _read_sixteen_bit(path, data, orientation):
+    """Decode 16-bit PNG/TIFF with OpenCV, which (unlike Pillow) keeps 16-bit colour."""
+    import cv2
+
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if array is None or array.dtype != np.uint16:
+        return None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    alpha = None
+    if array.shape[-1] == 4:
+        array, alpha = cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)[..., :3], array[..., 3]
+    elif array.shape[-1] == 3:
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    elif array.shape[-1] == 2:
+        array, alpha = array[..., :1], array[..., 1]
+    array = _apply_orientation(array, orientation)
+    if alpha is not None:
+        alpha = _apply_orientation(alpha, orientation)
+    return array, alpha
+
+
+def read_image(path):
+    """Decode an image file.
+
+    Applies EXIF orientation, keeps grey as grey, separates alpha, keeps 16-bit depth for
+    PNG and TIFF, and reads the first frame of an animated file.
+
+    Raises
+    ------
+    ImageReadError
+        With the reason, for a file that is missing, empty, truncated, not an image or in
+        a mode imageae does not handle.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageReadError(f"cannot read file: {error.strerror or error}") from None
+    if not data:
+        raise ImageReadError("file is empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+        fmt = img.format or "unknown"
+        img.load()  # forces a full decode, so truncation is caught here, not later
+    except Image.DecompressionBombError as error:
+        raise ImageReadError(f"image too large: {error}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        reason = str(error) or type(error).__name__
+        if "cannot identify image file" in reason:
+            reason = "not an image file (unrecognised content)"
+        raise ImageReadError(f"cannot decode image: {reason}") from None
+    orientation = _exif_orientation(img)
+
+    # Pillow keeps 16-bit grey (mode I;16 / I) but reduces 16-bit colour to 8 bits.
+    if fmt in _SIXTEEN_BIT_FORMATS and (img.mode.startswith("I") or img.mode in ("RGB", "RGBA")):
+        decoded = _read_sixteen_bit(path, data, orientation)
+        if decoded is not None:
+            return DecodedImage(decoded[0], decoded[1], 16, fmt)
+
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode in ("1",):
+        img = img.convert("L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    elif mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        array = np.asarray(img)
+        if array.dtype.kind == "f" or array.max(initial=0) > 65535 or array.min(initial=0) < 0:
+            raise ImageReadError(f"unsupported pixel format: mode {mode} with values outside 0..65535")
+        pixels = _apply_orientation(array.astype(np.uint16)[:, :, None], orientation)
+        return DecodedImage(pixels, None, 16, fmt)
+    img = ImageOps.exif_transpose(img) if orientation != 1 else img
+
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+        raise ImageReadError(f"unsupported pixel format: mode {mode}")
+    array = np.asarray(img)
+    alpha = None
+    if img.mode in ("LA", "RGBA"):
+        array, alpha = array[..., :-1], np.ascontiguousarray(array[..., -1])
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return DecodedImage(np.ascontiguousarray(array), alpha, 8, fmt)
+
+
+def output_format(source_format, extension=None):
+    """Pillow format to write: the one named by ``extension``, else the source's own."""
+    if extension:
+        ext = extension.lower() if extension.startswith(".") else "." + extension.lower()
+        if ext not in WRITE_FORMATS:
+            raise ImageWriteError(
+                f"cannot write '{extension}' files; choose one of {', '.join(sorted(WRITE_FORMATS))}"
+            )
+        return WRITE_FORMATS[ext]
+    if source_format in WRITE_FORMATS.values():
+        return source_format
+    return "PNG"
+
+
+def format_extension(fmt):
+    """The usual file extension of a Pillow format name."""
+    return {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}[fmt]
+
+
+def encode_image(image, fmt, *, quality=95):
+    """Encode a :class:`DecodedImage` to bytes in Pillow format ``fmt``.
+
+    16-bit images stay 16-bit in PNG and TIFF; JPEG, BMP and WebP hold 8 bits, so a 16-bit
+    image is rounded to 8 bits for them. JPEG and BMP cannot hold alpha: asking for them for
+    an image with alpha raises :class:`ImageWriteError` rather than dropping it silently.
+    """
+    pixels, alpha = image.pixels, image.alpha
+    if alpha is not None and fmt in ("JPEG", "BMP"):
+        raise ImageWriteError(f"{fmt} cannot store the alpha channel; write PNG, WebP or TIFF instead")
+    if image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS:
+        import cv2
+
+        array = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=-1)
+        if array.shape[-1] == 3:
+            array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+        elif array.shape[-1] == 4:
+            array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
+        elif array.shape[-1] == 2:
+            # OpenCV writes no grey+alpha; 16-bit grey+alpha goes out as RGBA.
+            grey = array[..., 0]
+            array = np.stack([grey, grey, grey, array[..., 1]], axis=-1)
+        ok, buffer = cv2.imencode(".png" if fmt == "PNG" else ".tif", array)
+        if not ok:
+            raise ImageWriteError(f"OpenCV could not encode a 16-bit {fmt}")
+        return buffer.tobytes()
+    if image.bit_depth == 16:
+        pixels = np.round(pixels.astype(np.float32) / 257.0).astype(np.uint8)
+        alpha = None if alpha is None else np.round(alpha.astype(np.float32) / 257.0).astype(np.uint8)
+    array = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+    if alpha is not None:
+        array = np.concatenate([pixels, alpha[..., None]], axis=-1)
+        mode = "LA" if pixels.shape[-1] == 1 else "RGBA"
+    else:
+        mode = "L" if pixels.shape[-1] == 1 else "RGB"
+    img = Image.fromarray(np.ascontiguousarray(array), mode=mode)
+    if mode == "LA" and fmt == "WEBP":
+        img = img.convert("RGBA")
+    options = {}
+    if fmt == "JPEG":
+        options = {"quality": int(quality), "subsampling": 0 if quality >= 90 else 2}
+    elif fmt == "WEBP":
+        options = {"quality": int(quality), "method": 4}
+    elif fmt == "PNG":
+        options = {"compress_level": 6}
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def write_bytes_atomic(path, data):
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader never sees a half-written file, and an interrupted run leaves no partial output
+    under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_image(path, image, *, fmt=None, quality=95):
+    """Encode ``image`` (a :class:`DecodedImage`) and write it atomically to ``path``.
+
+    ``fmt`` defaults to the format implied by the extension of ``path``.
+    """
+    fmt = fmt or output_format(image.format, Path(path).suffix)
+    write_bytes_atomic(path, encode_image(image, fmt, quality=quality))
+
+
+def from_float(x, like):
+    """A :class:`DecodedImage` from float pixels on the 0..1 scale, in ``like``'s depth."""
+    scale = float(2**like.bit_depth - 1)
+    dtype = np.uint16 if like.bit_depth == 16 else np.uint8
+    pixels = np.clip(np.round(np.asarray(x, np.float32) * scale), 0, scale).astype(dtype)
+    return DecodedImage(pixels, like.alpha, like.bit_depth, like.format)

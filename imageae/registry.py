@@ -1,0 +1,115 @@
+"""The one table of named models shipped with imageae.
+
+Every job, the CLI's ``--model`` choices, ``imageae models`` and the docs read this table.
+A model is named here once, with its job, its colour mode and its weights file under
+``saved_models/``; its model card (training data, steps, wall time, hardware, measured
+metrics) sits next to the weights as ``<name>.json``.
+"""
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+SAVED_MODELS = Path(__file__).resolve().parent.parent / "saved_models"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A shipped model: how to find it and what it is for."""
+
+    name: str
+    job: str
+    colour_mode: str
+    description: str
+
+    @property
+    def path(self):
+        return saved_models_dir() / f"{self.name}.keras"
+
+    @property
+    def card_path(self):
+        return self.path.with_suffix(".json")
+
+    def card(self):
+        """The model card as a dict (empty when the card is missing)."""
+        try:
+            return json.loads(self.card_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def as_dict(self):
+        return {
+            "name": self.name,
+            "job": self.job,
+            "colour_mode": self.colour_mode,
+            "file": str(self.path),
+            "available": self.path.exists(),
+            "description": self.description,
+        }
+
+
+MODELS = {
+    entry.name: entry
+    for entry in [
+        ModelEntry(
+            "denoise-grey",
+            "denoise",
+            "grey",
+            "blind Gaussian denoiser for grey images (residual U-Net, trained on Train400)",
+        ),
+        ModelEntry(
+            "denoise-colour",
+            "denoise",
+            "colour",
+            "blind Gaussian denoiser for RGB images (residual U-Net, trained on BSDS500 train+test)",
+        ),
+    ]
+}
+
+
+def saved_models_dir():
+    """Where shipped weights live: ``$IMAGEAE_MODELS`` if set, else the repo's saved_models/."""
+    return Path(os.environ.get("IMAGEAE_MODELS", SAVED_MODELS))
+
+
+def list_models(job=None):
+    """Registered models, optionally only those for ``job``."""
+    return [m for m in MODELS.values() if job is None or m.job == job]
+
+
+def resolve(name_or_path, *, job):
+    """The .keras file for a registered model name or a path; raises ValueError with the choices."""
+    if name_or_path in MODELS:
+        entry = MODELS[name_or_path]
+        if entry.job != job:
+            raise ValueError(f"model '{name_or_path}' is a {entry.job} model, not a {job} model")
+        if not entry.path.exists():
+            raise FileNotFoundError(f"weights of model '{name_or_path}' are missing: {entry.path}")
+        return entry.path
+    path = Path(name_or_path)
+    if path.suffix == ".keras" and path.is_file():
+        return path
+    names = ", ".join(m.name for m in list_models(job))
+    raise ValueError(f"unknown model '{name_or_path}': give one of {names} or the path of a .keras file")
+
+
+_cache = {}
+
+
+def load_model(name_or_path, *, job):
+    """Load (once per process) a registered model or a .keras file for ``job``."""
+    import keras
+
+    import imageae.layers.blocks  # noqa: F401  (registers the custom layers)
+    import imageae.metrics  # noqa: F401
+    import imageae.models.denoiser  # noqa: F401
+
+    path = resolve(name_or_path, job=job).resolve()
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _cache:
+        try:
+            _cache[key] = keras.saving.load_model(path, compile=False)
+        except Exception as error:  # a foreign or damaged file: say which and why
+            raise ValueError(f"cannot load model {path}: {error}") from None
+    return _cache[key]

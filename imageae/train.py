@@ -1,0 +1,285 @@
+"""Training recipes: the code that produced the shipped weights.
+
+``imageae train denoiser --data DIR ...`` calls :func:`train_denoiser`. Patches are cut and
+noised in NumPy inside a :class:`keras.utils.PyDataset`, so the same recipe runs on the
+TensorFlow and the JAX backend.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from imageae.data.io import find_images, read_image
+from imageae.metrics import psnr_metric
+
+
+@dataclasses.dataclass
+class DenoiserTrainConfig:
+    """Everything that decides a denoiser training run (saved in the model card)."""
+
+    data: list
+    output: str
+    channels: int = 1
+    init: str = ""  # a model name or .keras path to fine-tune instead of starting afresh
+    filters: tuple = (64, 128, 256)
+    blocks_per_level: int = 1
+    patch_size: int = 96
+    batch_size: int = 16
+    steps: int = 20000
+    steps_per_epoch: int = 500
+    learning_rate: float = 1e-3
+    min_learning_rate: float = 1e-6
+    warmup_steps: int = 200
+    sigma_min: float = 0.0
+    sigma_max: float = 55.0
+    validation_fraction: float = 0.05
+    validation_sigmas: tuple = (15.0, 25.0, 50.0)
+    patience_epochs: int = 10
+    precision: str = "auto"
+    checkpoint_dir: str = ""
+    resume: bool = False
+    seed: int = 0
+
+
+def load_training_images(inputs, channels):
+    """Every image under ``inputs`` as float32 (H, W, channels) arrays on the 0..1 scale."""
+    images = []
+    for path, _ in find_images(inputs):
+        decoded = read_image(path)
+        x = decoded.to_float()
+        if channels == 1 and x.shape[-1] == 3:
+            x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        elif channels == 3 and x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
+        images.append(x)
+    if not images:
+        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+    return images
+
+
+def random_dihedral(x, rng):
+    """One of the 8 flips/rotations of an (H, W, C) patch."""
+    x = np.rot90(x, int(rng.integers(4)))
+    return x[:, ::-1] if rng.integers(2) else x
+
+
+def _make_patch_dataset(images, config, validation):
+
+    class NoisyPatches(keras.utils.PyDataset):
+        """Random noisy/clean patch pairs; batch ``i`` of epoch ``e`` is seeded by (seed, e, i)."""
+
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+
+        def __len__(self):
+            return config.steps_per_epoch
+
+        def on_epoch_end(self):
+            self.epoch += 1
+
+        def __getitem__(self, index):
+            rng = np.random.default_rng([config.seed, self.epoch, index])
+            p = config.patch_size
+            clean = np.empty((config.batch_size, p, p, config.channels), np.float32)
+            for k in range(config.batch_size):
+                img = images[int(rng.integers(len(images)))]
+                top = int(rng.integers(img.shape[0] - p + 1))
+                left = int(rng.integers(img.shape[1] - p + 1))
+                clean[k] = random_dihedral(img[top : top + p, left : left + p], rng)
+            sigma = rng.uniform(config.sigma_min, config.sigma_max, (config.batch_size, 1, 1, 1)) / 255.0
+            noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * sigma.astype(np.float32)
+            return noisy, clean
+
+    if validation:
+        # A fixed set: the centre crop of each held-out image at each validation sigma.
+        rng = np.random.default_rng(12345)
+        p = 128
+        clean, noisy = [], []
+        for img in images:
+            h, w = img.shape[:2]
+            top, left = max(0, (h - p) // 2), max(0, (w - p) // 2)
+            crop = img[top : top + p, left : left + p]
+            if crop.shape[:2] != (p, p):
+                continue
+            for sigma in config.validation_sigmas:
+                clean.append(crop)
+                noisy.append(crop + rng.standard_normal(crop.shape, dtype=np.float32) * np.float32(sigma / 255.0))
+        return np.stack(noisy), np.stack(clean)
+    return NoisyPatches()
+
+
+def _cosine_schedule(config):
+
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if config.warmup_steps else config.learning_rate,
+        decay_steps=max(1, config.steps - config.warmup_steps),
+        alpha=config.min_learning_rate / config.learning_rate,
+        warmup_target=config.learning_rate if config.warmup_steps else None,
+        warmup_steps=config.warmup_steps,
+    )
+
+
+def hardware_summary():
+    """A short description of the machine, for model cards."""
+    from imageae.runtime import describe_device
+
+    return {
+        "device": describe_device(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def train_denoiser(config, *, progress=True):
+    """Train a denoiser as ``config`` says; write the .keras model, a model card and logs.
+
+    Returns the path of the written model.
+    """
+
+    from imageae.models.denoiser import build_denoiser
+    from imageae.runtime import set_precision
+
+    policy = set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    output = Path(config.output)
+    checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    images = load_training_images(config.data, config.channels)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(images))
+    n_val = max(1, int(round(len(images) * config.validation_fraction)))
+    val_images = [images[i] for i in order[:n_val]]
+    train_images = [images[i] for i in order[n_val:]]
+    train_data = _make_patch_dataset(train_images, config, validation=False)
+    val_data = _make_patch_dataset(val_images, config, validation=True)
+
+    epochs = math.ceil(config.steps / config.steps_per_epoch)
+    last = checkpoint_dir / "last.keras"
+    initial_epoch = 0
+    if config.resume and last.exists():
+        model = keras.saving.load_model(last)
+        state = json.loads((checkpoint_dir / "state.json").read_text())
+        initial_epoch = state["epoch"]
+        train_data.epoch = initial_epoch
+        print(f"resuming from {last} at epoch {initial_epoch}")
+    else:
+        if config.init:
+            from imageae.registry import load_model
+            from imageae.runtime import with_precision
+
+            model = with_precision(load_model(config.init, job="denoise"), policy)
+            if model.channels != config.channels:
+                raise ValueError(f"--init model has {model.channels} channels, --channels is {config.channels}")
+        else:
+            model = build_denoiser(config.channels, config.filters, config.blocks_per_level)
+        model.compile(
+            optimizer=keras.optimizers.Adam(_cosine_schedule(config), clipnorm=1.0),
+            loss="mse",
+            metrics=[psnr_metric],
+        )
+
+    class SaveState(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.save(checkpoint_dir / "last.tmp.keras")
+            os.replace(checkpoint_dir / "last.tmp.keras", last)
+            (checkpoint_dir / "state.json").write_text(json.dumps({"epoch": epoch + 1}))
+
+    callbacks = [
+        SaveState(),
+        keras.callbacks.ModelCheckpoint(
+            checkpoint_dir / "best.keras", monitor="val_psnr_metric", mode="max", save_best_only=True
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_psnr_metric", mode="max", patience=config.patience_epochs, restore_best_weights=True
+        ),
+        keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
+        keras.callbacks.TensorBoard(log_dir=str(checkpoint_dir / "tensorboard")),
+    ]
+    start = time.time()
+    model.fit(
+        train_data,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        validation_data=val_data,
+        validation_batch_size=8,
+        callbacks=callbacks,
+        verbose=1 if progress else 2,
+    )
+    wall = time.time() - start
+    best = checkpoint_dir / "best.keras"
+    if best.exists():
+        model = keras.saving.load_model(best)
+    from imageae.runtime import with_precision
+
+    # Shipped in float32 without optimizer state; inference picks its precision per device.
+    model = with_precision(model, "float32")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(output)
+    plot_history(checkpoint_dir / "history.csv", output.with_suffix(".curve.png"))
+    card = {
+        "name": output.stem,
+        "job": "denoise",
+        "architecture": {
+            "class": "DenoiserUNet",
+            "channels": config.channels,
+            "filters": list(config.filters),
+            "blocks_per_level": config.blocks_per_level,
+            "parameters": int(model.count_params()),
+        },
+        "training": {
+            "data": [str(d) for d in config.data],
+            "images": len(train_images),
+            "validation_images": len(val_images),
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "patch_size": config.patch_size,
+            "noise": f"additive white Gaussian, sigma uniform in [{config.sigma_min}, {config.sigma_max}] (0..255)",
+            "precision_policy": policy,
+            "wall_time_seconds_this_run": round(wall, 1),
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
+        },
+        "hardware": hardware_summary(),
+    }
+    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return output
+
+
+def plot_history(csv_path, png_path):
+    """Plot loss and validation PSNR per epoch from a Keras CSVLogger file."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(csv_path)))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(epochs, [float(r["loss"]) for r in rows], label="train")
+    if "val_loss" in rows[0]:
+        ax1.plot(epochs, [float(r["val_loss"]) for r in rows], label="validation")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    key = next((k for k in rows[0] if k.startswith("val_") and "psnr" in k), None)
+    if key:
+        ax2.plot(epochs, [float(r[key]) for r in rows])
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel("validation PSNR (dB)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
