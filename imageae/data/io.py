@@ -157,6 +157,11 @@ def _read_sixteen_bit(path, data, orientation):
     return array, alpha
 
 
+def _is_grey(img):
+    array = np.asarray(img)
+    return bool(np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]))
+
+
 def read_image(path):
     """Decode an image file.
 
@@ -198,6 +203,8 @@ def read_image(path):
     mode = img.mode
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if _is_grey(img):  # a grey palette (common in GIFs) stays grey
+            img = img.convert("LA" if img.mode == "RGBA" else "L")
     elif mode == "PA":
         img = img.convert("RGBA")
     elif mode in ("1",):

@@ -29,7 +29,7 @@ class ResidualBlock(keras.layers.Layer):
 
     def build(self, input_shape):
         self.conv1.build(input_shape)
-        self.conv2.build(input_shape[:-1] + (self.num_filters,))
+        self.conv2.build(tuple(input_shape[:-1]) + (self.num_filters,))
 
     def call(self, x):
         return x + self.conv2(self.conv1(x))

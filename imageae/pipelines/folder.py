@@ -60,13 +60,17 @@ def plan_outputs(inputs, output_dir, *, suffix_for, overwrite=False, report=None
     """
     output_dir = Path(output_dir)
     out_resolved = output_dir.resolve()
-    found = find_images(inputs)
-    sources = {p.resolve() for p, _ in found}
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output path {output_dir} exists and is not a folder")
     input_roots = {Path(i).resolve() for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)}
+    # An earlier run's outputs inside an input folder are not inputs.
+    found = [
+        (p, r) for p, r in find_images(inputs)
+        if not (out_resolved in p.resolve().parents and out_resolved not in input_roots)
+    ]
+    sources = {p.resolve() for p, _ in found}
     tasks, targets = [], {}
     for path, relative in found:
-        if out_resolved in path.resolve().parents and out_resolved not in input_roots:
-            continue  # an earlier run's output inside an input folder is not an input
         target = output_dir / relative.with_suffix(suffix_for(path))
         resolved = target.resolve()
         if resolved in sources:
