@@ -9,9 +9,15 @@ metrics) sits next to the weights as ``<name>.json``.
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
-SAVED_MODELS = Path(__file__).resolve().parent.parent / "saved_models"
+# Where shipped weights are looked for: a checkout's saved_models/ (running from the repo or
+# an editable install), then the copy `pip install .` puts under <prefix>/share/imageae.
+_CANDIDATES = (
+    Path(__file__).resolve().parent.parent / "saved_models",
+    Path(sys.prefix) / "share" / "imageae" / "saved_models",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +75,14 @@ MODELS = {
 
 
 def saved_models_dir():
-    """Where shipped weights live: ``$IMAGEAE_MODELS`` if set, else the repo's saved_models/."""
-    return Path(os.environ.get("IMAGEAE_MODELS", SAVED_MODELS))
+    """Where shipped weights live: ``$IMAGEAE_MODELS`` if set, else the first of the checkout's
+    saved_models/ and the installed share/imageae/saved_models that holds any model."""
+    if os.environ.get("IMAGEAE_MODELS"):
+        return Path(os.environ["IMAGEAE_MODELS"])
+    for candidate in _CANDIDATES:
+        if any(candidate.glob("*.keras")):
+            return candidate
+    return _CANDIDATES[0]
 
 
 def list_models(job=None):
@@ -103,7 +115,9 @@ def load_model(name_or_path, *, job):
 
     import imageae.layers.blocks  # noqa: F401  (registers the custom layers)
     import imageae.metrics  # noqa: F401
+    import imageae.models.classifier  # noqa: F401
     import imageae.models.denoiser  # noqa: F401
+    import imageae.models.vae  # noqa: F401
 
     path = resolve(name_or_path, job=job).resolve()
     key = (str(path), path.stat().st_mtime_ns)
