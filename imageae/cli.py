@@ -40,6 +40,29 @@ next to the output model.
 """
 
 
+_EPILOG_GENERATE = """\
+examples:
+  imageae generate -n 64 -o digits/ --grid                  64 digits and a contact sheet
+  imageae generate -n 16 -o faces/ --model vae-faces64 --seed 7 --temperature 0.8
+  imageae generate -n 1000 -o out/ --sampler normal         sample the plain N(0, I) prior
+
+The same --seed gives the same images on any machine.
+"""
+
+_EPILOG_TRAIN_VAE = """\
+examples:
+  imageae train vae --data ../shared/datasets/digits/mnist/x_train.npz --size 28 --channels 1 \\
+      --latent-dim 16 --filters 32,64 --likelihood bernoulli --epochs 40 -o vae-digits.keras
+  imageae train vae --data my_faces/ --size 64 --crop 148 --flip -o my-faces.keras
+
+Each image is centre-cropped to a square (--crop pixels, or the largest centred square) and
+resized with Lanczos to --size. The KL term is warmed up linearly over --kl-warmup-steps; a
+held-out 5 % gives the validation ELBO that picks the best checkpoint and stops early; a grid of
+samples is written to --checkpoint-dir after every epoch. After training, a Gaussian mixture is
+fitted to the training latents and stored in the model (the 'gmm' sampler).
+"""
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -71,7 +94,7 @@ def _add_runtime_flags(parser):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="imageae",
-        description="Convolutional autoencoders for images: denoise folders of photos and scans.",
+        description="Convolutional autoencoders for images: denoise photos and scans, generate new images.",
         epilog="Run 'imageae COMMAND --help' for each command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"imageae {_version()}")
@@ -97,6 +120,38 @@ def build_parser():
                    help="tile size in pixels; larger images run as overlapping tiles, seamlessly (default: 1024)")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar with images/s (auto: only on a terminal)")
+    _add_runtime_flags(p)
+
+    p = commands.add_parser(
+        "generate", help="synthesise new images with a VAE", description="Synthesise new images with a VAE.",
+        epilog=_EPILOG_GENERATE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-n", "--count", type=_positive_int, default=16, help="number of images (default: 16)")
+    p.add_argument("-o", "--output", required=True, help="output folder for sample_NNNNN.png files")
+    p.add_argument("--model", default="vae-digits", help="a generate model from 'imageae models' or a .keras path")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images (default: 0)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="latent standard deviation scale; < 1 cleaner and less varied (default: 1.0)")
+    p.add_argument("--sampler", choices=["normal", "gmm"], default="gmm",
+                   help="gmm: the mixture fitted to the training latents (default); normal: the N(0, I) prior")
+    p.add_argument("--grid", action="store_true", help="also write grid.png, a contact sheet of all samples")
+    p.add_argument("--no-files", dest="files", action="store_false", help="with --grid: write only the grid")
+    _add_runtime_flags(p)
+
+    p = commands.add_parser("interpolate", help="morph between two images through a VAE's latent space",
+                            description="Decode points on a latent path between two images into one strip PNG.")
+    p.add_argument("image_a", metavar="A")
+    p.add_argument("image_b", metavar="B")
+    p.add_argument("-o", "--output", required=True, help="output PNG file (a horizontal strip)")
+    p.add_argument("--steps", type=_positive_int, default=8, help="images in the strip, ends included (default: 8)")
+    p.add_argument("--model", default="vae-digits", help="a generate model or a .keras path")
+    _add_runtime_flags(p)
+
+    p = commands.add_parser("reconstruct", help="encode and decode images with a VAE",
+                            description="Write each image as the VAE reconstructs it (centre-cropped, resized).")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
+    p.add_argument("-o", "--output", required=True, help="output folder (mirrors the input tree, PNG)")
+    p.add_argument("--model", default="vae-digits", help="a generate model or a .keras path")
     _add_runtime_flags(p)
 
     p = commands.add_parser("models", help="list the shipped models", description="List the shipped models.")
@@ -128,6 +183,42 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     t.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
                    help="training precision (default: auto)")
+    t = train.add_parser(
+        "vae", help="a convolutional VAE on any folder of images", description="Train a convolutional VAE.",
+        epilog=_EPILOG_TRAIN_VAE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--data", nargs="+", required=True, help="folders of images, .npz arrays or MNIST IDX files")
+    t.add_argument("-o", "--output", required=True, help="where to write the trained .keras model")
+    t.add_argument("--size", type=_positive_int, default=64, help="image side after crop and resize (default: 64)")
+    t.add_argument("--channels", type=int, choices=[1, 3], default=3, help="1 grey, 3 colour (default: 3)")
+    t.add_argument("--crop", type=int, default=0, help="centre-crop side in pixels before resizing (default: largest square)")
+    t.add_argument("--latent-dim", type=_positive_int, default=128, help="latent size (default: 128)")
+    t.add_argument("--filters", default="32,64,128,256", help="encoder channels per stride-2 level (default: 32,64,128,256)")
+    t.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="gaussian",
+                   help="bernoulli for near-binary images such as digits, gaussian for photos (default)")
+    t.add_argument("--gaussian-sigma", type=float, default=0.1, help="gaussian likelihood's std on 0..1 (default: 0.1)")
+    t.add_argument("--beta", type=float, default=1.0, help="KL weight after warm-up (default: 1.0)")
+    t.add_argument("--kl-warmup-steps", type=int, default=2000, help="steps of linear KL warm-up (default: 2000)")
+    t.add_argument("--mixture-components", type=_positive_int, default=10, help="GMM sampler components (default: 10)")
+    t.add_argument("--flip", action="store_true", help="random horizontal flips (faces yes, digits no)")
+    t.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
+    t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
+    t.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
+    t.add_argument("--patience", type=_positive_int, default=8, help="early-stopping patience in epochs (default: 8)")
+    t.add_argument("--checkpoint-dir", default="", help="checkpoints, logs and per-epoch sample grids")
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    t.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
+                   help="training precision (default: auto)")
+    t = train.add_parser(
+        "digit-classifier", help="the digit classifier whose features score generated digits (FID/KID)",
+        description="Train the small MNIST classifier used as the feature space of digit FID/KID.",
+    )
+    t.add_argument("--images", required=True, help="MNIST images (IDX .gz or .npz)")
+    t.add_argument("--labels", required=True, help="their labels (IDX .gz or .npz)")
+    t.add_argument("-o", "--output", required=True, help="where to write the .keras model")
+    t.add_argument("--epochs", type=_positive_int, default=8, help="epochs (default: 8)")
+    t.add_argument("--validation", type=_positive_int, default=2000, help="last N images held out (default: 2000)")
     return parser
 
 
@@ -162,6 +253,66 @@ def _cmd_denoise(args):
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _write_png(path, array):
+    from imageae.data.io import DecodedImage, write_image
+
+    write_image(path, DecodedImage(array, None, 8, "PNG"), fmt="PNG")
+
+
+def _cmd_generate(args):
+    from imageae.api import generate
+    from imageae.generation import contact_sheet
+    from imageae.pipelines.folder import ensure_output_dir
+
+    _configure_device(args.device)
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    out = ensure_output_dir(args.output)
+    images = generate(
+        args.count, model=args.model, seed=args.seed, temperature=args.temperature, sampler=args.sampler,
+        precision=args.precision,
+    )
+    if args.files or not args.grid:
+        for i, img in enumerate(images):
+            _write_png(out / f"sample_{i:05d}.png", img)
+    if args.grid:
+        _write_png(out / "grid.png", contact_sheet(images))
+    print(f"wrote {len(images)} image(s) to {out}" + (" and grid.png" if args.grid else ""))
+    return EXIT_OK
+
+
+def _cmd_interpolate(args):
+    from imageae.api import interpolate
+    from imageae.data.io import read_image
+    from imageae.generation import contact_sheet
+
+    _configure_device(args.device)
+    a, b = (read_image(p).pixels for p in (args.image_a, args.image_b))
+    strip = contact_sheet(interpolate(a, b, steps=args.steps, model=args.model), columns=args.steps)
+    _write_png(args.output, strip)
+    print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _cmd_reconstruct(args):
+    from pathlib import Path
+
+    from imageae.api import reconstruct
+    from imageae.data.io import ImageReadError, find_images, read_image
+
+    _configure_device(args.device)
+    failed = 0
+    for path, relative in find_images(args.inputs):
+        try:
+            [img] = reconstruct([read_image(path).pixels], model=args.model)
+        except ImageReadError as error:
+            print(f"  FAILED {path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        _write_png(Path(args.output) / relative.with_suffix(".png"), img)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _cmd_models(args):
     from imageae.registry import list_models
 
@@ -178,6 +329,15 @@ def _cmd_models(args):
 
 
 def _cmd_train(args):
+    if args.family == "vae":
+        return _cmd_train_vae(args)
+    if args.family == "digit-classifier":
+        from imageae.train import train_digit_classifier
+
+        path, accuracy = train_digit_classifier(args.images, args.labels, args.output, epochs=args.epochs,
+                                                validation=args.validation)
+        print(f"wrote {path} (validation accuracy {accuracy:.4f})")
+        return EXIT_OK
     from imageae.train import DenoiserTrainConfig, train_denoiser
 
     try:
@@ -225,6 +385,26 @@ def _quiet_tensorflow_import():
         os.close(devnull)
 
 
+def _cmd_train_vae(args):
+    from imageae.train import VAETrainConfig, train_vae
+
+    try:
+        filters = tuple(int(f) for f in args.filters.split(","))
+    except ValueError:
+        raise ValueError(f"--filters must be comma-separated integers, got {args.filters!r}") from None
+    config = VAETrainConfig(
+        data=args.data, output=args.output, size=args.size, channels=args.channels, crop=args.crop,
+        latent_dim=args.latent_dim, filters=filters, likelihood=args.likelihood, gaussian_sigma=args.gaussian_sigma,
+        beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, mixture_components=args.mixture_components,
+        flip=args.flip, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+        precision=args.precision,
+    )
+    path = train_vae(config, progress=sys.stdout.isatty())
+    print(f"wrote {path} and its model card {path.with_suffix('.json')}")
+    return EXIT_OK
+
+
 def main(argv=None):
     """Run the imageae command line; returns the exit code."""
     parser = build_parser()
@@ -233,7 +413,10 @@ def main(argv=None):
     except SystemExit as exit_:
         return int(exit_.code or 0)
     _quiet_tensorflow_import()
-    handlers = {"denoise": _cmd_denoise, "models": _cmd_models, "train": _cmd_train}
+    handlers = {
+        "denoise": _cmd_denoise, "generate": _cmd_generate, "interpolate": _cmd_interpolate,
+        "reconstruct": _cmd_reconstruct, "models": _cmd_models, "train": _cmd_train,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

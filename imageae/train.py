@@ -254,8 +254,9 @@ def train_denoiser(config, *, progress=True):
     return output
 
 
-def plot_history(csv_path, png_path):
-    """Plot loss and validation PSNR per epoch from a Keras CSVLogger file."""
+def plot_history(csv_path, png_path, metric=None):
+    """Plot loss and a validation metric (default: the validation PSNR) per epoch from a
+    Keras CSVLogger file."""
     import csv
 
     import matplotlib
@@ -275,11 +276,231 @@ def plot_history(csv_path, png_path):
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
-    key = next((k for k in rows[0] if k.startswith("val_") and "psnr" in k), None)
-    if key:
+    key = metric or next((k for k in rows[0] if k.startswith("val_") and "psnr" in k), None)
+    if key in rows[0]:
         ax2.plot(epochs, [float(r[key]) for r in rows])
         ax2.set_xlabel("epoch")
-        ax2.set_ylabel("validation PSNR (dB)")
+        ax2.set_ylabel("validation PSNR (dB)" if "psnr" in key else key)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+@dataclasses.dataclass
+class VAETrainConfig:
+    """Everything that decides a VAE training run (saved in the model card)."""
+
+    data: list
+    output: str
+    size: int = 28
+    channels: int = 1
+    crop: int = 0  # centre-crop side in pixels before resizing; 0 = largest centred square
+    latent_dim: int = 16
+    filters: tuple = (32, 64)
+    likelihood: str = "bernoulli"
+    gaussian_sigma: float = 0.1
+    beta: float = 1.0
+    kl_warmup_steps: int = 2000
+    mixture_components: int = 10
+    flip: bool = False  # random horizontal flips (faces yes, digits no)
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    validation_fraction: float = 0.05
+    patience_epochs: int = 8
+    precision: str = "auto"
+    checkpoint_dir: str = ""
+    resume: bool = False
+    seed: int = 0
+
+
+def train_vae(config, *, progress=True):
+    """Train a :class:`~imageae.models.vae.ConvVAE` as ``config`` says, fit its latent mixture,
+    and write the .keras model, a model card, a training curve and sample grids."""
+    from imageae.data.arrays import load_image_array
+    from imageae.generation import contact_sheet, decode_latents, encode_images, fit_mixture, sample_latents
+    from imageae.models.vae import build_vae
+    from imageae.runtime import set_precision, with_precision
+
+    policy = set_precision(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    output = Path(config.output)
+    checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    images = load_image_array(config.data, size=config.size, channels=config.channels, crop=config.crop or None)
+    rng = np.random.default_rng(config.seed)
+    order = rng.permutation(len(images))
+    n_val = max(1, int(round(len(images) * config.validation_fraction)))
+    val = images[order[:n_val]].astype(np.float32) / 255.0
+    train = images[order[n_val:]]
+
+    class Batches(keras.utils.PyDataset):
+        """Shuffled batches, flipped at random when asked; seeded by (seed, epoch)."""
+
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+            self.order = np.arange(len(train))
+
+        def __len__(self):
+            return len(train) // config.batch_size
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = np.random.default_rng([config.seed, self.epoch]).permutation(len(train))
+
+        def __getitem__(self, index):
+            idx = self.order[index * config.batch_size : (index + 1) * config.batch_size]
+            x = train[idx].astype(np.float32) / 255.0
+            if config.flip:
+                flips = np.random.default_rng([config.seed, self.epoch, index]).random(len(x)) < 0.5
+                x[flips] = x[flips, :, ::-1]
+            return (x,)
+
+    data = Batches()
+    last = checkpoint_dir / "last.keras"
+    initial_epoch = 0
+    if config.resume and last.exists():
+        model = keras.saving.load_model(last)
+        initial_epoch = json.loads((checkpoint_dir / "state.json").read_text())["epoch"]
+        data.epoch = initial_epoch
+    else:
+        model = build_vae(
+            image_size=config.size, channels=config.channels, latent_dim=config.latent_dim, filters=config.filters,
+            likelihood=config.likelihood, gaussian_sigma=config.gaussian_sigma, beta=config.beta,
+            kl_warmup_steps=config.kl_warmup_steps, seed=config.seed, mixture_components=config.mixture_components,
+        )
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=10.0))
+
+    grid_z = sample_latents(model, 64, seed=1234)
+
+    class SaveState(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.save(checkpoint_dir / "last.tmp.keras")
+            os.replace(checkpoint_dir / "last.tmp.keras", last)
+            (checkpoint_dir / "state.json").write_text(json.dumps({"epoch": epoch + 1}))
+            from PIL import Image
+
+            sheet = contact_sheet(decode_latents(self.model, grid_z), columns=8)
+            Image.fromarray(sheet[..., 0] if sheet.shape[-1] == 1 else sheet).save(
+                checkpoint_dir / f"samples_epoch{epoch + 1:03d}.png"
+            )
+
+    callbacks = [
+        SaveState(),
+        keras.callbacks.ModelCheckpoint(checkpoint_dir / "best.keras", monitor="val_neg_elbo", mode="min",
+                                        save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_neg_elbo", mode="min", patience=config.patience_epochs,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
+        keras.callbacks.TensorBoard(log_dir=str(checkpoint_dir / "tensorboard")),
+    ]
+    start = time.time()
+    model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(val,),
+              validation_batch_size=256, callbacks=callbacks, verbose=1 if progress else 2)
+    wall = time.time() - start
+    if (checkpoint_dir / "best.keras").exists():
+        model = keras.saving.load_model(checkpoint_dir / "best.keras")
+    model = with_precision(model, "float32")
+
+    # Ex-post density estimation: a Gaussian mixture over the training set's posterior means.
+    latents = encode_images(model, train)
+    log_w, means, log_vars = fit_mixture(latents, config.mixture_components, seed=config.seed)
+    model.mixture_log_weights.assign(log_w)
+    model.mixture_means.assign(means)
+    model.mixture_log_vars.assign(log_vars)
+
+    nll, kl = [], []
+    for i in range(0, len(val), 256):
+        a, b = model.negative_elbo(val[i : i + 256])  # one-sample ELBO estimate, as in training
+        nll.append(np.asarray(a))
+        kl.append(np.asarray(b))
+    nll, kl = np.concatenate(nll), np.concatenate(kl)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(output)
+    plot_history(checkpoint_dir / "history.csv", output.with_suffix(".curve.png"), metric="val_neg_elbo")
+    card = {
+        "name": output.stem,
+        "job": "generate",
+        "architecture": {
+            "class": "ConvVAE",
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in model.get_config().items()
+               if k not in ("name", "trainable", "dtype")},
+            "parameters": int(model.count_params()),
+        },
+        "training": {
+            "data": [str(d) for d in config.data],
+            "images": int(len(train)),
+            "validation_images": int(len(val)),
+            "preprocessing": f"centre crop {'to ' + str(config.crop) + ' px' if config.crop else 'to the largest square'}, "
+                             f"Lanczos resize to {config.size}x{config.size}" + (", random horizontal flips" if config.flip else ""),
+            "epochs_run": len(list(open(checkpoint_dir / "history.csv"))) - 1,
+            "batch_size": config.batch_size,
+            "precision_policy": policy,
+            "wall_time_seconds_this_run": round(wall, 1),
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
+        },
+        "metrics": {
+            "validation_negative_elbo_nats": round(float(np.mean(nll + kl)), 3),
+            "validation_reconstruction_nll_nats": round(float(np.mean(nll)), 3),
+            "validation_kl_nats": round(float(np.mean(kl)), 3),
+        },
+        "hardware": hardware_summary(),
+    }
+    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return output
+
+
+def train_digit_classifier(images, labels, output, *, epochs=8, validation=2000, seed=0):
+    """Train the :class:`~imageae.models.classifier.DigitClassifier` used for digit FID/KID.
+
+    ``images`` and ``labels`` are MNIST files (IDX or .npz); the last ``validation`` images are
+    held out to report accuracy. Writes the .keras model and a model card.
+    """
+    from imageae.data.arrays import load_image_array
+    from imageae.models.classifier import DigitClassifier
+
+    keras.utils.set_random_seed(seed)
+    x = load_image_array(images, size=28, channels=1).astype(np.float32) / 255.0
+    y = load_labels(labels)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels")
+    x_train, y_train, x_val, y_val = x[:-validation], y[:-validation], x[-validation:], y[-validation:]
+    model = DigitClassifier()
+    model.build((None, 28, 28, 1))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    start = time.time()
+    model.fit(x_train, y_train, batch_size=128, epochs=epochs, validation_data=(x_val, y_val), verbose=2)
+    wall = time.time() - start
+    accuracy = float(model.evaluate(x_val, y_val, verbose=0, return_dict=True)["accuracy"])
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.compile()  # ship without optimizer state
+    model.save(output)
+    card = {
+        "name": output.stem,
+        "job": "features",
+        "purpose": "feature space (128-d penultimate layer) for FID/KID of generated digits",
+        "architecture": {"class": "DigitClassifier", "parameters": int(model.count_params())},
+        "training": {
+            "images": str(images), "labels": str(labels), "train_images": int(len(x_train)),
+            "validation_images": int(len(x_val)), "epochs": epochs, "batch_size": 128,
+            "wall_time_seconds": round(wall, 1),
+        },
+        "metrics": {"validation_accuracy": round(accuracy, 4)},
+        "hardware": hardware_summary(),
+    }
+    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return output, accuracy
+
+
+def load_labels(path):
+    from imageae.data.arrays import _read_idx
+
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return np.asarray(data[data.files[0]]).astype(np.int64)
+    return _read_idx(path).astype(np.int64)

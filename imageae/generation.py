@@ -1,0 +1,115 @@
+"""Sampling, reconstruction and interpolation with a :class:`~imageae.models.vae.ConvVAE`.
+
+Pure functions on arrays (no file IO). Latents are drawn with NumPy's seeded generator, so
+the same seed gives the same images on any machine and backend; a ``temperature`` scales the
+prior's (or each mixture component's) standard deviation.
+"""
+
+import numpy as np
+
+SAMPLERS = ("normal", "gmm")
+
+
+def fit_mixture(latents, components, *, seed=0, iterations=200, tolerance=1e-6):
+    """Fit a diagonal-covariance Gaussian mixture to latent vectors by EM.
+
+    Written here in NumPy (about 30 lines) because OpenCV 5 no longer ships its ``ml``
+    module and scikit-learn would be a large dependency for one function. Initialised from
+    distinct random points with shared data variance. Returns
+    ``(log_weights (K,), means (K, D), log_variances (K, D))`` as float32.
+    """
+    x = np.asarray(latents, np.float64)
+    n, d = x.shape
+    k = int(min(components, n))
+    rng = np.random.default_rng(seed)
+    means = x[rng.choice(n, size=k, replace=False)]
+    variances = np.tile(x.var(axis=0) + 1e-6, (k, 1))
+    log_weights = np.full(k, -np.log(k))
+    previous = -np.inf
+    for _ in range(iterations):
+        # E step: log responsibilities under each diagonal Gaussian
+        log_p = -0.5 * (((x[:, None, :] - means[None]) ** 2 / variances[None]).sum(-1)
+                        + np.log(variances).sum(-1)[None] + d * np.log(2 * np.pi)) + log_weights[None]
+        top = log_p.max(axis=1, keepdims=True)
+        log_norm = top + np.log(np.exp(log_p - top).sum(axis=1, keepdims=True))
+        resp = np.exp(log_p - log_norm)
+        # M step
+        counts = resp.sum(axis=0) + 1e-10
+        means = (resp.T @ x) / counts[:, None]
+        variances = (resp.T @ x**2) / counts[:, None] - means**2 + 1e-6
+        log_weights = np.log(counts / n)
+        likelihood = float(log_norm.mean())
+        if likelihood - previous < tolerance:
+            break
+        previous = likelihood
+    return log_weights.astype(np.float32), means.astype(np.float32), np.log(variances).astype(np.float32)
+
+
+def sample_latents(model, n, *, seed=0, temperature=1.0, sampler="normal"):
+    """``n`` latent vectors (n, latent_dim) float32 from the prior or the fitted mixture."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    rng = np.random.default_rng(seed)
+    eps = rng.standard_normal((n, model.latent_dim)).astype(np.float32)
+    if sampler == "normal":
+        return eps * np.float32(temperature)
+    log_w = np.asarray(model.mixture_log_weights.numpy(), np.float64)
+    w = np.exp(log_w - log_w.max())
+    component = rng.choice(len(w), size=n, p=w / w.sum())
+    means = np.asarray(model.mixture_means.numpy())[component]
+    std = np.exp(0.5 * np.asarray(model.mixture_log_vars.numpy()))[component]
+    return (means + std * eps * np.float32(temperature)).astype(np.float32)
+
+
+def to_uint8(images):
+    return np.clip(np.round(np.asarray(images) * 255.0), 0, 255).astype(np.uint8)
+
+
+def decode_latents(model, z, *, batch_size=500):
+    """Decode latents to uint8 images (n, S, S, C) in batches."""
+    outputs = [to_uint8(model.decode(z[i : i + batch_size])) for i in range(0, len(z), batch_size)]
+    if not outputs:
+        return np.zeros((0, model.image_size, model.image_size, model.channels), np.uint8)
+    return np.concatenate(outputs)
+
+
+def encode_images(model, images, *, batch_size=500):
+    """Posterior means (n, latent_dim) of uint8 or 0..1 float images (n, S, S, C)."""
+    x = np.asarray(images)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    return np.concatenate(
+        [np.asarray(model.encode(x[i : i + batch_size])[0]) for i in range(0, len(x), batch_size)]
+    )
+
+
+def interpolate_latents(z_a, z_b, steps):
+    """``steps`` latents from ``z_a`` to ``z_b`` on a spherical path (Slerp).
+
+    Slerp keeps intermediate points at the norm typical of prior samples, where a straight
+    line would pass through the low-density centre of the Gaussian.
+    """
+    z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
+    t = np.linspace(0.0, 1.0, int(steps))[:, None]
+    cos = np.dot(z_a, z_b) / max(np.linalg.norm(z_a) * np.linalg.norm(z_b), 1e-12)
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if omega < 1e-6:
+        return ((1 - t) * z_a + t * z_b).astype(np.float32)
+    return ((np.sin((1 - t) * omega) * z_a + np.sin(t * omega) * z_b) / np.sin(omega)).astype(np.float32)
+
+
+def contact_sheet(images, *, columns=None, padding=2):
+    """Tile (n, S, S, C) uint8 images into one (H, W, C) uint8 grid with white padding."""
+    images = np.asarray(images)
+    n, s, _, c = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    sheet = np.full((rows * (s + padding) + padding, columns * (s + padding) + padding, c), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, columns)
+        y, x = padding + r * (s + padding), padding + col * (s + padding)
+        sheet[y : y + s, x : x + s] = img
+    return sheet
