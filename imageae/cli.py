@@ -154,6 +154,18 @@ def build_parser():
     p.add_argument("--model", default="vae-digits", help="a generate model or a .keras path")
     _add_runtime_flags(p)
 
+    p = commands.add_parser(
+        "export", help="export a model as a SavedModel for TensorFlow Serving",
+        description="Write MODEL as a SavedModel in TF Serving's layout DIR/<model>/<version>/.",
+        epilog="example:\n  imageae export denoise-colour -o serving/ --version 1\n"
+               "  saved_model_cli show --all --dir serving/denoise-colour/1\n\n"
+               "See README.md, 'Serving with TensorFlow Serving', for the signatures and REST/gRPC requests.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="a name from 'imageae models' or a .keras path")
+    p.add_argument("-o", "--output", required=True, help="model base folder (TF Serving's --model_base_path parent)")
+    p.add_argument("--version", type=_positive_int, default=1, help="version number folder (default: 1)")
+
     p = commands.add_parser("models", help="list the shipped models", description="List the shipped models.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -313,6 +325,14 @@ def _cmd_reconstruct(args):
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _cmd_export(args):
+    from imageae.export import export_saved_model
+
+    path = export_saved_model(args.model, args.output, version=args.version)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
 def _cmd_models(args):
     from imageae.registry import list_models
 
@@ -415,14 +435,14 @@ def main(argv=None):
     _quiet_tensorflow_import()
     handlers = {
         "denoise": _cmd_denoise, "generate": _cmd_generate, "interpolate": _cmd_interpolate,
-        "reconstruct": _cmd_reconstruct, "models": _cmd_models, "train": _cmd_train,
+        "reconstruct": _cmd_reconstruct, "export": _cmd_export, "models": _cmd_models, "train": _cmd_train,
     }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("interrupted; outputs written so far are complete, no partial files were left", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError, TypeError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError, TypeError) as error:
         print(f"imageae {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -1,8 +1,9 @@
 """Sampling, reconstruction and interpolation with a :class:`~imageae.models.vae.ConvVAE`.
 
-Pure functions on arrays (no file IO). Latents are drawn with NumPy's seeded generator, so
-the same seed gives the same images on any machine and backend; a ``temperature`` scales the
-prior's (or each mixture component's) standard deviation.
+Pure functions on arrays (no file IO). Latents are drawn with TensorFlow's stateless
+generators, so the same seed gives the same images in the Python API and in an exported
+SavedModel; a ``temperature`` scales the prior's (or each mixture component's) standard
+deviation.
 """
 
 import numpy as np
@@ -45,24 +46,41 @@ def fit_mixture(latents, components, *, seed=0, iterations=200, tolerance=1e-6):
     return log_weights.astype(np.float32), means.astype(np.float32), np.log(variances).astype(np.float32)
 
 
-def sample_latents(model, n, *, seed=0, temperature=1.0, sampler="normal"):
-    """``n`` latent vectors (n, latent_dim) float32 from the prior or the fitted mixture."""
+def sample_latents_tf(n, latent_dim, seed, temperature, mixture=None):
+    """The sampling graph shared by the Python API and the exported ``generate`` signature.
+
+    TensorFlow's stateless Philox generators make the draws a pure function of (seed, shape),
+    so a seed gives the same latents here, in a SavedModel on a server, and on other
+    machines. ``mixture`` is ``(log_weights, means, log_vars)`` or None for N(0, I).
+    """
+    import tensorflow as tf
+
+    seed = tf.cast(seed, tf.int64)
+    eps = tf.random.stateless_normal(tf.stack([n, latent_dim]), seed=tf.stack([seed, tf.constant(0, tf.int64)]))
+    eps = eps * tf.cast(temperature, tf.float32)
+    if mixture is None:
+        return eps
+    log_weights, means, log_vars = mixture
+    component = tf.random.stateless_categorical(
+        log_weights[None], n, seed=tf.stack([seed, tf.constant(1, tf.int64)])
+    )[0]
+    return tf.gather(means, component) + tf.exp(0.5 * tf.gather(log_vars, component)) * eps
+
+
+def mixture_of(model):
+    return (model.mixture_log_weights, model.mixture_means, model.mixture_log_vars)
+
+
+def sample_latents(model, n, *, seed=0, temperature=1.0, sampler="gmm"):
+    """``n`` latent vectors (n, latent_dim) float32 from the fitted mixture or the prior."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    rng = np.random.default_rng(seed)
-    eps = rng.standard_normal((n, model.latent_dim)).astype(np.float32)
-    if sampler == "normal":
-        return eps * np.float32(temperature)
-    log_w = np.asarray(model.mixture_log_weights.numpy(), np.float64)
-    w = np.exp(log_w - log_w.max())
-    component = rng.choice(len(w), size=n, p=w / w.sum())
-    means = np.asarray(model.mixture_means.numpy())[component]
-    std = np.exp(0.5 * np.asarray(model.mixture_log_vars.numpy()))[component]
-    return (means + std * eps * np.float32(temperature)).astype(np.float32)
+    mixture = mixture_of(model) if sampler == "gmm" else None
+    return np.asarray(sample_latents_tf(int(n), model.latent_dim, int(seed), float(temperature), mixture))
 
 
 def to_uint8(images):

@@ -91,10 +91,12 @@ def list_models(job=None):
 
 
 def resolve(name_or_path, *, job):
-    """The .keras file for a registered model name or a path; raises ValueError with the choices."""
+    """The .keras file for a registered model name or a path; raises ValueError with the choices.
+
+    ``job=None`` accepts a model of any job."""
     if name_or_path in MODELS:
         entry = MODELS[name_or_path]
-        if entry.job != job:
+        if job is not None and entry.job != job:
             raise ValueError(f"model '{name_or_path}' is a {entry.job} model, not a {job} model")
         if not entry.path.exists():
             raise FileNotFoundError(f"weights of model '{name_or_path}' are missing: {entry.path}")
@@ -102,7 +104,7 @@ def resolve(name_or_path, *, job):
     path = Path(name_or_path)
     if path.suffix == ".keras" and path.is_file():
         return path
-    names = ", ".join(m.name for m in list_models(job))
+    names = ", ".join(m.name for m in (list_models(job) if job else MODELS.values()))
     raise ValueError(f"unknown model '{name_or_path}': give one of {names} or the path of a .keras file")
 
 

@@ -373,7 +373,7 @@ def train_vae(config, *, progress=True):
         )
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=10.0))
 
-    grid_z = sample_latents(model, 64, seed=1234)
+    grid_z = sample_latents(model, 64, seed=1234, sampler="normal")
 
     class SaveState(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

@@ -1,0 +1,162 @@
+"""SavedModels for TensorFlow Serving: every shipped model, usable without imageae.
+
+``export_saved_model(model, directory, version=N)`` writes TF Serving's layout
+``directory/<model name>/<N>/`` with Keras 3's :class:`keras.export.ExportArchive`. The folder
+is built under a temporary name beside the target and renamed into place, so a server that
+watches ``directory/<model name>`` never sees a half-written version.
+
+Signatures (inputs and outputs are named; outputs whose name ends in ``_bytes`` are
+base64-encoded by TF Serving's REST API):
+
+denoiser
+    ``serving_default``: ``images_bytes`` (string [N], encoded PNG/JPEG/BMP/GIF, any sizes and
+    formats mixed) -> ``denoised_bytes`` (string [N], 8-bit PNG). Decoding is TensorFlow's:
+    8-bit, no EXIF orientation, no alpha; use the Python package for 16-bit or alpha.
+    ``denoise``: ``images`` (float32 [N, H, W, C] on 0..1) -> ``denoised`` (float32).
+VAE
+    ``generate``: ``seed`` (int64), ``count`` (int32), ``temperature`` (float32) ->
+    ``images_bytes`` (string [count], PNG), sampled from the model's latent mixture exactly as
+    ``imageae.generate(..., sampler="gmm")`` does; ``generate_prior`` the same from N(0, I);
+    ``encode``: ``images`` (float32 [N, S, S, C]) -> ``z_mean``, ``z_log_var``;
+    ``decode``: ``z`` (float32 [N, latent_dim]) -> ``images`` (float32 on 0..1).
+"""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def _denoiser_archive(model):
+    import keras
+    import tensorflow as tf
+
+    stride, channels = int(model.stride), int(model.channels)
+
+    def run_float(x):
+        # Pad to the stride with mirror padding, as imageae.pipelines.tiling.pad_to_multiple does.
+        h, w = tf.shape(x)[1], tf.shape(x)[2]
+        padded = tf.pad(x, [[0, 0], [0, (-h) % stride], [0, (-w) % stride], [0, 0]], mode="SYMMETRIC")
+        return model(padded, training=False)[:, :h, :w, :]
+
+    def denoise_png(data):
+        image = tf.io.decode_image(data, channels=channels, expand_animations=False, dtype=tf.uint8)
+        y = run_float(tf.cast(image, tf.float32)[None] / 255.0)[0]
+        return tf.io.encode_png(tf.cast(tf.clip_by_value(tf.round(y * 255.0), 0.0, 255.0), tf.uint8))
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda images_bytes: {"denoised_bytes": tf.map_fn(denoise_png, images_bytes, fn_output_signature=tf.string)},
+        input_signature=[tf.TensorSpec([None], tf.string, name="images_bytes")],
+    )
+    archive.add_endpoint(
+        "denoise",
+        lambda images: {"denoised": run_float(images)},
+        input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name="images")],
+    )
+    return archive
+
+
+def _vae_archive(model):
+    import keras
+    import tensorflow as tf
+
+    from imageae.generation import mixture_of, sample_latents_tf
+
+    def to_png(images):
+        pixels = tf.cast(tf.clip_by_value(tf.round(images * 255.0), 0.0, 255.0), tf.uint8)
+        return tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.string)
+
+    def generate(seed, count, temperature, mixture):
+        z = sample_latents_tf(count, model.latent_dim, seed, temperature, mixture)
+        return {"images_bytes": to_png(model.decode(z))}
+
+    scalars = [
+        tf.TensorSpec([], tf.int64, name="seed"),
+        tf.TensorSpec([], tf.int32, name="count"),
+        tf.TensorSpec([], tf.float32, name="temperature"),
+    ]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "generate", lambda seed, count, temperature: generate(seed, count, temperature, mixture_of(model)),
+        input_signature=scalars,
+    )
+    archive.add_endpoint(
+        "generate_prior", lambda seed, count, temperature: generate(seed, count, temperature, None),
+        input_signature=scalars,
+    )
+
+    def encode(images):
+        mean, log_var = model.encode(images)
+        return {"z_mean": mean, "z_log_var": log_var}
+
+    size, channels = model.image_size, model.channels
+    archive.add_endpoint(
+        "encode", encode, input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32, name="images")]
+    )
+    archive.add_endpoint(
+        "decode", lambda z: {"images": model.decode(z)},
+        input_signature=[tf.TensorSpec([None, model.latent_dim], tf.float32, name="z")],
+    )
+    return archive
+
+
+def export_saved_model(model, directory, *, version=1, name=None):
+    """Export a shipped model (name) or a .keras file for TensorFlow Serving.
+
+    Parameters
+    ----------
+    model : str
+        A registered model name (``imageae models``) or a .keras path.
+    directory : path
+        The model base path; the export goes to ``directory/<name>/<version>/``.
+    version : int
+        TF Serving version number; an existing version is never overwritten.
+    name : str, optional
+        Folder name under ``directory`` (default: the model's name or the file's stem).
+
+    Returns
+    -------
+    pathlib.Path
+        The written version folder.
+
+    Examples
+    --------
+    >>> import imageae
+    >>> imageae.export_saved_model("denoise-grey", "/tmp/serving", version=1)  # doctest: +SKIP
+    PosixPath('/tmp/serving/denoise-grey/1')
+    """
+    from imageae import registry
+    from imageae.models.denoiser import DenoiserUNet
+    from imageae.models.vae import ConvVAE
+    from imageae.runtime import with_precision
+
+    if int(version) < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    entry = registry.MODELS.get(model)
+    path = registry.resolve(model, job=entry.job) if entry else registry.resolve(model, job=None)
+    loaded = with_precision(registry.load_model(str(path), job=entry.job if entry else None), "float32")
+    if isinstance(loaded, DenoiserUNet):
+        archive = _denoiser_archive(loaded)
+    elif isinstance(loaded, ConvVAE):
+        archive = _vae_archive(loaded)
+    else:
+        raise ValueError(f"{path}: cannot export a {type(loaded).__name__} (no serving signatures defined)")
+    target = Path(directory) / (name or (entry.name if entry else Path(path).stem)) / str(int(version))
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; choose another --version")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        archive.write_out(str(staging), verbose=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from a server user
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
