@@ -70,6 +70,12 @@ MODELS = {
             "colour",
             "blind Gaussian denoiser for RGB images (residual U-Net, trained on BSDS500 train+test)",
         ),
+        ModelEntry(
+            "digit-classifier",
+            "features",
+            "grey",
+            "small MNIST classifier whose 128-d features score generated digits (FID/KID)",
+        ),
     ]
 }
 

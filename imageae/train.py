@@ -192,7 +192,8 @@ def train_denoiser(config, *, progress=True):
         def on_epoch_end(self, epoch, logs=None):
             self.model.save(checkpoint_dir / "last.tmp.keras")
             os.replace(checkpoint_dir / "last.tmp.keras", last)
-            (checkpoint_dir / "state.json").write_text(json.dumps({"epoch": epoch + 1}))
+            state = {"epoch": epoch + 1, "wall_time_seconds": previous_wall + time.time() - start}
+            (checkpoint_dir / "state.json").write_text(json.dumps(state))
 
     callbacks = [
         SaveState(),
@@ -205,6 +206,7 @@ def train_denoiser(config, *, progress=True):
         keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
         keras.callbacks.TensorBoard(log_dir=str(checkpoint_dir / "tensorboard")),
     ]
+    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     start = time.time()
     model.fit(
         train_data,
@@ -245,13 +247,21 @@ def train_denoiser(config, *, progress=True):
             "patch_size": config.patch_size,
             "noise": f"additive white Gaussian, sigma uniform in [{config.sigma_min}, {config.sigma_max}] (0..255)",
             "precision_policy": policy,
-            "wall_time_seconds_this_run": round(wall, 1),
+            "wall_time_seconds": round(wall + previous_wall, 1),
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
         },
         "hardware": hardware_summary(),
     }
     output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return output
+
+
+def _previous_wall_time(checkpoint_dir):
+    """Training time spent by earlier runs of a resumed training (from its state.json)."""
+    try:
+        return float(json.loads((Path(checkpoint_dir) / "state.json").read_text()).get("wall_time_seconds", 0.0))
+    except (OSError, ValueError):
+        return 0.0
 
 
 def plot_history(csv_path, png_path, metric=None):
@@ -379,7 +389,8 @@ def train_vae(config, *, progress=True):
         def on_epoch_end(self, epoch, logs=None):
             self.model.save(checkpoint_dir / "last.tmp.keras")
             os.replace(checkpoint_dir / "last.tmp.keras", last)
-            (checkpoint_dir / "state.json").write_text(json.dumps({"epoch": epoch + 1}))
+            state = {"epoch": epoch + 1, "wall_time_seconds": previous_wall + time.time() - start}
+            (checkpoint_dir / "state.json").write_text(json.dumps(state))
             from PIL import Image
 
             sheet = contact_sheet(decode_latents(self.model, grid_z), columns=8)
@@ -396,6 +407,7 @@ def train_vae(config, *, progress=True):
         keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
         keras.callbacks.TensorBoard(log_dir=str(checkpoint_dir / "tensorboard")),
     ]
+    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     start = time.time()
     model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(val,),
               validation_batch_size=256, callbacks=callbacks, verbose=1 if progress else 2)
@@ -438,7 +450,7 @@ def train_vae(config, *, progress=True):
             "epochs_run": len(list(open(checkpoint_dir / "history.csv"))) - 1,
             "batch_size": config.batch_size,
             "precision_policy": policy,
-            "wall_time_seconds_this_run": round(wall, 1),
+            "wall_time_seconds": round(wall + previous_wall, 1),
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
         },
         "metrics": {
@@ -485,7 +497,7 @@ def train_digit_classifier(images, labels, output, *, epochs=8, validation=2000,
         "purpose": "feature space (128-d penultimate layer) for FID/KID of generated digits",
         "architecture": {"class": "DigitClassifier", "parameters": int(model.count_params())},
         "training": {
-            "images": str(images), "labels": str(labels), "train_images": int(len(x_train)),
+            "data": [str(images), str(labels)], "train_images": int(len(x_train)),
             "validation_images": int(len(x_val)), "epochs": epochs, "batch_size": 128,
             "wall_time_seconds": round(wall, 1),
         },
