@@ -15,15 +15,22 @@ def fit_mixture(latents, components, *, seed=0, iterations=200, tolerance=1e-6):
     """Fit a diagonal-covariance Gaussian mixture to latent vectors by EM.
 
     Written here in NumPy (about 30 lines) because OpenCV 5 no longer ships its ``ml``
-    module and scikit-learn would be a large dependency for one function. Initialised from
-    distinct random points with shared data variance. Returns
+    module and scikit-learn would be a large dependency for one function. Initialised with
+    k-means++ and the data's variance. Returns
     ``(log_weights (K,), means (K, D), log_variances (K, D))`` as float32.
     """
     x = np.asarray(latents, np.float64)
     n, d = x.shape
     k = int(min(components, n))
     rng = np.random.default_rng(seed)
-    means = x[rng.choice(n, size=k, replace=False)]
+    # k-means++ starting points: each next mean is drawn with probability proportional to the
+    # squared distance from the nearest mean chosen so far, which spreads them over the clusters.
+    means = [x[rng.integers(n)]]
+    for _ in range(1, k):
+        d2 = np.min([((x - m) ** 2).sum(1) for m in means], axis=0)
+        total = d2.sum()
+        means.append(x[rng.choice(n, p=d2 / total)] if total > 0 else x[rng.integers(n)])
+    means = np.stack(means)
     variances = np.tile(x.var(axis=0) + 1e-6, (k, 1))
     log_weights = np.full(k, -np.log(k))
     previous = -np.inf
@@ -105,23 +112,37 @@ def encode_images(model, images, *, batch_size=500):
 
 
 def interpolate_latents(z_a, z_b, steps):
-    """``steps`` latents from ``z_a`` to ``z_b`` on a spherical path (Slerp).
+    """``steps`` latents from ``z_a`` to ``z_b``: Slerp on directions, linear in length.
 
-    Slerp keeps intermediate points at the norm typical of prior samples, where a straight
-    line would pass through the low-density centre of the Gaussian.
+    The direction moves along the great circle (a straight line would pass through the
+    low-density centre of the Gaussian prior) and the length moves linearly between the two
+    endpoints' lengths, so every point's norm stays between theirs.
     """
     z_a, z_b = np.asarray(z_a, np.float64), np.asarray(z_b, np.float64)
     t = np.linspace(0.0, 1.0, int(steps))[:, None]
-    cos = np.dot(z_a, z_b) / max(np.linalg.norm(z_a) * np.linalg.norm(z_b), 1e-12)
-    omega = np.arccos(np.clip(cos, -1.0, 1.0))
-    if omega < 1e-6:
+    norm_a, norm_b = np.linalg.norm(z_a), np.linalg.norm(z_b)
+    if norm_a < 1e-12 or norm_b < 1e-12:
         return ((1 - t) * z_a + t * z_b).astype(np.float32)
-    return ((np.sin((1 - t) * omega) * z_a + np.sin(t * omega) * z_b) / np.sin(omega)).astype(np.float32)
+    u_a, u_b = z_a / norm_a, z_b / norm_b
+    omega = np.arccos(np.clip(np.dot(u_a, u_b), -1.0, 1.0))
+    if omega < 1e-6:
+        direction = (1 - t) * u_a + t * u_b
+    elif np.pi - omega < 1e-6:  # opposite: any great circle will do; take one through a fixed axis
+        axis = np.eye(len(u_a))[np.argmin(np.abs(u_a))]
+        ortho = axis - np.dot(axis, u_a) * u_a
+        ortho /= np.linalg.norm(ortho)
+        direction = np.cos(t * np.pi) * u_a + np.sin(t * np.pi) * ortho
+    else:
+        direction = (np.sin((1 - t) * omega) * u_a + np.sin(t * omega) * u_b) / np.sin(omega)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    return (direction * ((1 - t) * norm_a + t * norm_b)).astype(np.float32)
 
 
 def contact_sheet(images, *, columns=None, padding=2):
     """Tile (n, S, S, C) uint8 images into one (H, W, C) uint8 grid with white padding."""
     images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"expected a non-empty (n, S, S, C) batch of images, got shape {images.shape}")
     n, s, _, c = images.shape
     columns = columns or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / columns))

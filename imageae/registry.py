@@ -134,4 +134,12 @@ def load_model(name_or_path, *, job):
             _cache[key] = keras.saving.load_model(path, compile=False)
         except Exception as error:  # a foreign or damaged file: say which and why
             raise ValueError(f"cannot load model {path}: {error}") from None
-    return _cache[key]
+    model = _cache[key]
+    expected = _JOB_CLASSES.get(job)
+    if expected and type(model).__name__ != expected:
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a {job} model ({expected})")
+    return model
+
+
+# The model class each job runs (checked by name, so this module needs no model imports).
+_JOB_CLASSES = {"denoise": "DenoiserUNet", "generate": "ConvVAE", "features": "DigitClassifier"}

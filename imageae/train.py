@@ -139,6 +139,22 @@ def hardware_summary():
     }
 
 
+def _restoring_dtype_policy(function):
+    """Training sets the process-wide Keras dtype policy; put the caller's back afterwards."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        previous = keras.config.dtype_policy()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+    return wrapper
+
+
+@_restoring_dtype_policy
 def train_denoiser(config, *, progress=True):
     """Train a denoiser as ``config`` says; write the .keras model, a model card and logs.
 
@@ -198,7 +214,8 @@ def train_denoiser(config, *, progress=True):
     callbacks = [
         SaveState(),
         keras.callbacks.ModelCheckpoint(
-            checkpoint_dir / "best.keras", monitor="val_psnr_metric", mode="max", save_best_only=True
+            checkpoint_dir / "best.keras", monitor="val_psnr_metric", mode="max", save_best_only=True,
+            initial_value_threshold=_best_so_far(checkpoint_dir, "val_psnr_metric", max) if config.resume else None,
         ),
         keras.callbacks.EarlyStopping(
             monitor="val_psnr_metric", mode="max", patience=config.patience_epochs, restore_best_weights=True
@@ -254,6 +271,18 @@ def train_denoiser(config, *, progress=True):
     }
     output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return output
+
+
+def _best_so_far(checkpoint_dir, key, pick):
+    """The best ``key`` an interrupted run reached (from history.csv), so that a resumed run's
+    first epoch does not replace a better best.keras."""
+    import csv
+
+    try:
+        values = [float(row[key]) for row in csv.DictReader(open(Path(checkpoint_dir) / "history.csv"))]
+    except (OSError, KeyError, ValueError):
+        return None
+    return pick(values) if values else None
 
 
 def _previous_wall_time(checkpoint_dir):
@@ -324,6 +353,7 @@ class VAETrainConfig:
     seed: int = 0
 
 
+@_restoring_dtype_policy
 def train_vae(config, *, progress=True):
     """Train a :class:`~imageae.models.vae.ConvVAE` as ``config`` says, fit its latent mixture,
     and write the .keras model, a model card, a training curve and sample grids."""
@@ -400,8 +430,10 @@ def train_vae(config, *, progress=True):
 
     callbacks = [
         SaveState(),
-        keras.callbacks.ModelCheckpoint(checkpoint_dir / "best.keras", monitor="val_neg_elbo", mode="min",
-                                        save_best_only=True),
+        keras.callbacks.ModelCheckpoint(
+            checkpoint_dir / "best.keras", monitor="val_neg_elbo", mode="min", save_best_only=True,
+            initial_value_threshold=_best_so_far(checkpoint_dir, "val_neg_elbo", min) if config.resume else None,
+        ),
         keras.callbacks.EarlyStopping(monitor="val_neg_elbo", mode="min", patience=config.patience_epochs,
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),

@@ -140,3 +140,82 @@ def tree_hashes(folder):
 def part_files(folder):
     """Leftover temporary files of :func:`imageae.data.io.write_bytes_atomic`."""
     return sorted(str(p) for p in Path(folder).rglob("*.part"))
+
+
+# ------------------------------------------------------------------------------ VAE helpers
+
+# Tiny enough to train for a hundred steps in about two seconds on one CPU thread; two stride-2
+# levels like the digits model (8 -> 4 -> 2).
+TINY_VAE = dict(image_size=8, channels=1, latent_dim=2, filters=(4, 8))
+
+
+def build_tiny_vae(seed=0, **overrides):
+    """An untrained :class:`ConvVAE` (8x8 grey, 2-d latent) with reproducible random weights."""
+    import keras
+
+    from imageae.models.vae import build_vae
+
+    keras.utils.set_random_seed(seed)
+    return build_vae(**{**TINY_VAE, "seed": seed, **overrides})
+
+
+def pattern_image(kind):
+    """An 8x8 grey uint8 pattern, (8, 8, 1): kind 0 has its left half white, kind 1 its top half."""
+    x = np.zeros((8, 8, 1), np.uint8)
+    if kind == 0:
+        x[:, :4] = 255
+    else:
+        x[:4, :] = 255
+    return x
+
+
+def two_pattern_images(n, seed=0):
+    """(uint8 (n, 8, 8, 1) images, their kinds): a random mix of the two :func:`pattern_image`."""
+    kinds = np.random.default_rng(seed).integers(0, 2, n)
+    return np.stack([pattern_image(k) for k in kinds]), kinds
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_vae():
+    """A tiny VAE trained (120 steps, ~2 s) on the two patterns, with a two-component mixture.
+
+    The KL warm-up is long, so in 120 steps the KL weight stays small and the posterior does not
+    collapse: the latent tells the two patterns apart and reconstructions are near exact. The
+    mixture is set by hand, one component (std 0.25) on each pattern's posterior mean, rather
+    than by ``fit_mixture``: the training set holds only two distinct images, which EM started
+    from random points often cannot split (see test_generation.py). Samples from the mixture
+    decode to one pattern or the other. Returns ``(model, history dict)``; shared by the
+    session, so tests must not change it.
+    """
+    import keras
+
+    from imageae.generation import encode_images
+
+    x, _ = two_pattern_images(128)
+    model = build_tiny_vae(seed=0, kl_warmup_steps=1000, mixture_components=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(x.astype(np.float32) / 255.0, epochs=15, batch_size=16, shuffle=True, verbose=0)
+    model.mixture_log_weights.assign(np.log([0.5, 0.5]).astype(np.float32))
+    model.mixture_means.assign(encode_images(model, np.stack([pattern_image(0), pattern_image(1)])))
+    model.mixture_log_vars.assign(np.full((2, 2), np.log(0.25**2), np.float32))
+    return model, history.history
+
+
+@pytest.fixture(scope="session")
+def vae_models_dir(tmp_path_factory, trained_tiny_vae):
+    """A models folder holding ``vae-digits.keras``: the trained TINY two-pattern VAE standing
+    in for the shipped digits model (it knows two 8x8 patterns, not digits)."""
+    folder = tmp_path_factory.mktemp("vae_models")
+    trained_tiny_vae[0].save(folder / "vae-digits.keras")
+    return folder
+
+
+@pytest.fixture
+def vae_models(vae_models_dir, monkeypatch):
+    """Point the registry at the VAE stand-in and give ``imageae.api`` an empty model cache
+    (it caches loaded VAEs by name or path, not by file contents). Returns the .keras path."""
+    import imageae.api
+
+    monkeypatch.setenv("IMAGEAE_MODELS", str(vae_models_dir))
+    monkeypatch.setattr(imageae.api, "_default", {})
+    return vae_models_dir / "vae-digits.keras"

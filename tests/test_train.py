@@ -1,0 +1,165 @@
+"""Training recipes end to end on tiny generated data: ``imageae train vae`` and
+``imageae train digit-classifier``, plus the DigitClassifier's config and .keras round trips."""
+
+import contextlib
+import io
+import json
+import shutil
+import struct
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import two_pattern_images
+from imageae.cli import main
+from imageae.models.classifier import DigitClassifier
+
+
+def run_cli(*argv):
+    """(exit code, stdout, stderr) of ``imageae ARGV``."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def idx_bytes(array):
+    array = np.asarray(array, np.uint8)
+    return bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", n) for n in array.shape) + array.tobytes()
+
+
+@pytest.fixture(autouse=True)
+def keep_global_dtype_policy():
+    # the training recipes set the process-wide Keras dtype policy and do not restore it
+    before = keras.config.dtype_policy()
+    yield
+    keras.config.set_dtype_policy(before)
+
+
+# ------------------------------------------------------------------------------ DigitClassifier
+
+
+def test_digit_classifier_config_and_keras_round_trip(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = DigitClassifier(feature_dim=16, dropout=0.25)
+    model.build((None, 28, 28, 1))
+    config = model.get_config()
+    assert (config["feature_dim"], config["dropout"]) == (16, 0.25)
+    assert DigitClassifier.from_config(config).get_config() == config
+    x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
+    model.save(tmp_path / "classifier.keras")
+    loaded = keras.saving.load_model(tmp_path / "classifier.keras", compile=False)
+    assert isinstance(loaded, DigitClassifier) and loaded.get_config() == config
+    np.testing.assert_array_equal(np.asarray(loaded.features(x)), np.asarray(model.features(x)))
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+    # the logits are a linear read-out of the features (dropout is off at inference)
+    np.testing.assert_allclose(np.asarray(model(x)), np.asarray(model.logits(model.features(x))), atol=1e-6)
+
+
+def bar_digits(n):
+    """(28x28 uint8 images, labels): digit d is a white bar at rows 2d..2d+5, an easy toy task."""
+    labels = np.arange(n) % 10
+    images = np.zeros((n, 28, 28), np.uint8)
+    for i, label in enumerate(labels):
+        images[i, 2 * label : 2 * label + 6, 4:24] = 255
+    return images, labels
+
+
+def test_train_digit_classifier_from_idx_files(tmp_path):
+    images, labels = bar_digits(60)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(idx_bytes(images))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    output = tmp_path / "models" / "classifier.keras"
+    code, stdout, stderr = run_cli(
+        "train", "digit-classifier", "--images", tmp_path / "train-images-idx3-ubyte",
+        "--labels", tmp_path / "train-labels-idx1-ubyte", "-o", output, "--epochs", 3, "--validation", 20,
+    )
+    assert code == 0, stderr
+    card = json.loads(output.with_suffix(".json").read_text())
+    assert card["training"]["train_images"] == 40 and card["training"]["validation_images"] == 20
+    # the card's accuracy is that of the saved model on the held-out last 20 images
+    model = keras.saving.load_model(output, compile=False)
+    predicted = np.asarray(model(images[-20:, :, :, None].astype(np.float32) / 255.0)).argmax(axis=1)
+    assert card["metrics"]["validation_accuracy"] == pytest.approx(np.mean(predicted == labels[-20:]), abs=1e-4)
+    assert f"validation accuracy {card['metrics']['validation_accuracy']:.4f}" in stdout
+
+
+def test_train_digit_classifier_refuses_mismatched_counts(tmp_path):
+    images, labels = bar_digits(12)
+    (tmp_path / "x-idx3-ubyte").write_bytes(idx_bytes(images))
+    np.savez(tmp_path / "y.npz", labels[:10])
+    code, _, stderr = run_cli(
+        "train", "digit-classifier", "--images", tmp_path / "x-idx3-ubyte", "--labels", tmp_path / "y.npz",
+        "-o", tmp_path / "c.keras", "--validation", 2,
+    )
+    assert code == 2 and "12 images but 10 labels" in stderr
+
+
+# ------------------------------------------------------------------------------------ train vae
+
+TRAIN_VAE = [
+    "--size", 8, "--channels", 1, "--latent-dim", 2, "--filters", "4,8", "--likelihood", "bernoulli",
+    "--batch-size", 16, "--mixture-components", 2, "--learning-rate", 0.01, "--precision", "float32",
+]
+
+
+@pytest.fixture(scope="module")
+def trained_vae_run(tmp_path_factory):
+    """``imageae train vae`` for 2 epochs on 80 generated 8x8 two-pattern images (about 4 s)."""
+    root = tmp_path_factory.mktemp("train_vae")
+    images, _ = two_pattern_images(80, seed=3)
+    np.savez(root / "patterns.npz", images[..., 0])
+    argv = ["train", "vae", "--data", root / "patterns.npz", "-o", root / "out" / "tiny-vae.keras",
+            "--checkpoint-dir", root / "ckpt", *TRAIN_VAE]
+    before = keras.config.dtype_policy()
+    try:
+        code, stdout, stderr = run_cli(*argv, "--epochs", 2)
+    finally:
+        keras.config.set_dtype_policy(before)
+    assert code == 0, stderr
+    return root, argv
+
+
+def test_train_vae_writes_model_card_history_sample_grids_and_a_fitted_mixture(trained_vae_run, tmp_path):
+    root, _ = trained_vae_run
+    output = root / "out" / "tiny-vae.keras"
+    card = json.loads(output.with_suffix(".json").read_text())
+    assert card["job"] == "generate"
+    assert card["architecture"]["class"] == "ConvVAE" and card["architecture"]["latent_dim"] == 2
+    assert (card["training"]["images"], card["training"]["validation_images"]) == (76, 4)  # 5 % held out
+    assert card["training"]["epochs_run"] == 2
+    assert output.with_suffix(".curve.png").is_file()
+    for epoch in (1, 2):
+        grid = np.asarray(Image.open(root / "ckpt" / f"samples_epoch{epoch:03d}.png"))
+        assert grid.shape == (8 * 10 + 2, 8 * 10 + 2)  # 64 samples, 8 columns of 8x8 tiles
+
+    model = keras.saving.load_model(output, compile=False)
+    assert float(model.step.numpy()) == 2 * (76 // 16)  # one count per optimiser step
+    weights = np.exp(model.mixture_log_weights.numpy())
+    assert weights.sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.any(model.mixture_means.numpy() != 0) and np.any(model.mixture_log_vars.numpy() != 0)  # fitted
+
+    code, _, stderr = run_cli("generate", "-n", 3, "-o", tmp_path / "gen", "--model", output, "--sampler", "gmm")
+    assert code == 0, stderr
+    assert len(list((tmp_path / "gen").glob("sample_*.png"))) == 3
+
+
+def test_resume_keeps_the_best_checkpoint_from_before_the_resume(trained_vae_run, tmp_path):
+    root, argv = trained_vae_run
+    shutil.copytree(root / "ckpt", tmp_path / "ckpt")
+    best_before = json.loads((root / "out" / "tiny-vae.json").read_text())["metrics"]
+    # spoil the state a resumed run starts from: every pixel logit +20, so black pixels cost ~20 nats
+    last = keras.saving.load_model(tmp_path / "ckpt" / "last.keras")
+    kernel, bias = last.decoder_out.get_weights()
+    last.decoder_out.set_weights([kernel, bias + 20.0])
+    last.save(tmp_path / "ckpt" / "last.keras")
+    output = tmp_path / "out" / "tiny-vae.keras"
+    argv = list(argv)
+    argv[argv.index(root / "out" / "tiny-vae.keras")] = output
+    argv[argv.index(root / "ckpt")] = tmp_path / "ckpt"
+    code, _, stderr = run_cli(*argv, "--epochs", 3, "--resume")
+    assert code == 0, stderr
+    after = json.loads(output.with_suffix(".json").read_text())["metrics"]
+    assert after["validation_negative_elbo_nats"] < 2 * best_before["validation_negative_elbo_nats"]
