@@ -32,9 +32,9 @@ class DenoiserTrainConfig:
     blocks_per_level: int = 1
     patch_size: int = 96
     batch_size: int = 16
-    steps: int = 20000
+    steps: int = 14000
     steps_per_epoch: int = 500
-    learning_rate: float = 1e-3
+    learning_rate: float = 4e-4  # 1e-3 diverged after ~1500 steps (grey and colour)
     min_learning_rate: float = 1e-6
     warmup_steps: int = 200
     sigma_min: float = 0.0
