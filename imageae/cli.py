@@ -190,7 +190,11 @@ def build_parser():
                    help="peak Adam learning rate, cosine decay (default: 4e-4; 1e-3 diverged)")
     t.add_argument("--sigma-min", type=float, default=0.0, help="smallest training noise sigma, 0..255 scale (default: 0)")
     t.add_argument("--sigma-max", type=float, default=55.0, help="largest training noise sigma (default: 55)")
+    t.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up steps (default: 200)")
     t.add_argument("--patience", type=_positive_int, default=10, help="early-stopping patience in epochs (default: 10)")
+    t.add_argument("--workers", type=_positive_int, default=1, help="threads cutting patches (default: 1)")
+    t.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop after this much training time, keeping the best checkpoint (default: no limit)")
     t.add_argument("--checkpoint-dir", default="", help="checkpoints and logs (default: next to --output; keep it outside the repo)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -218,6 +222,8 @@ def build_parser():
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
     t.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     t.add_argument("--patience", type=_positive_int, default=8, help="early-stopping patience in epochs (default: 8)")
+    t.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop after this much training time, keeping the best checkpoint (default: no limit)")
     t.add_argument("--checkpoint-dir", default="", help="checkpoints, logs and per-epoch sample grids")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
     t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -371,6 +377,7 @@ def _cmd_train(args):
         batch_size=args.batch_size, patch_size=args.patch_size, learning_rate=args.learning_rate,
         sigma_min=args.sigma_min, sigma_max=args.sigma_max, patience_epochs=args.patience,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed, precision=args.precision,
+        warmup_steps=args.warmup_steps, workers=args.workers, max_seconds=60.0 * args.max_minutes,
     )
     path = train_denoiser(config, progress=sys.stdout.isatty())
     print(f"wrote {path} and its model card {path.with_suffix('.json')}")
@@ -419,7 +426,7 @@ def _cmd_train_vae(args):
         beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, mixture_components=args.mixture_components,
         flip=args.flip, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
-        precision=args.precision,
+        precision=args.precision, max_seconds=60.0 * args.max_minutes,
     )
     path = train_vae(config, progress=sys.stdout.isatty())
     print(f"wrote {path} and its model card {path.with_suffix('.json')}")

@@ -71,6 +71,18 @@ MODELS = {
             "blind Gaussian denoiser for RGB images (residual U-Net, trained on BSDS500 train+test)",
         ),
         ModelEntry(
+            "vae-digits",
+            "generate",
+            "grey",
+            "VAE for 28x28 handwritten digits (trained on MNIST), latent 16, mixture sampler",
+        ),
+        ModelEntry(
+            "vae-faces64",
+            "generate",
+            "colour",
+            "VAE for 64x64 faces (trained on CelebA, non-commercial licence), latent 128, mixture sampler",
+        ),
+        ModelEntry(
             "digit-classifier",
             "features",
             "grey",

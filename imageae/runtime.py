@@ -16,6 +16,13 @@ def cpu_has_bf16():
 
 
 def gpus():
+    """The GPUs the Keras backend computes on (TensorFlow's, or JAX's when KERAS_BACKEND=jax)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return [d for d in jax.devices() if d.platform == "gpu"]
     import tensorflow as tf
 
     return tf.config.list_physical_devices("GPU")
@@ -50,7 +57,7 @@ def describe_device():
     """One line naming the device TensorFlow computes on."""
     found = gpus()
     if found:
-        return f"GPU: {found[0].name}"
+        return f"GPU: {getattr(found[0], 'device_kind', None) or found[0].name}"
     model = "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -63,18 +70,19 @@ def describe_device():
     return f"CPU: {model}, {os.cpu_count()} cores{', bf16' if cpu_has_bf16() else ''}"
 
 
-def with_precision(model, precision="auto", device="auto"):
+def with_precision(model, precision="auto", device="auto", *, copy=False):
     """A copy of ``model`` computing under dtype policy ``precision`` (weights shared by value).
 
     Shipped models are saved in float32; this rebuilds one under the policy chosen for the
     device (bfloat16 on CPUs that have it) without touching the caller's global policy.
+    ``copy=True`` always rebuilds (a copy carries no optimizer state: used when shipping).
     """
     import keras
 
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
     name = choose_precision(device) if precision == "auto" else precision
-    if model.dtype_policy.name == name:
+    if model.dtype_policy.name == name and not copy:
         return model
     config = {k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")}
     previous = keras.config.dtype_policy()

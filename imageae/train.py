@@ -46,6 +46,8 @@ class DenoiserTrainConfig:
     checkpoint_dir: str = ""
     resume: bool = False
     seed: int = 0
+    workers: int = 1  # threads cutting patches
+    max_seconds: float = 0.0  # stop after this much training time (0: no limit)
 
 
 def load_training_images(inputs, channels):
@@ -72,11 +74,12 @@ def random_dihedral(x, rng):
 
 def _make_patch_dataset(images, config, validation):
 
-    class NoisyPatches(keras.utils.PyDataset):
-        """Random noisy/clean patch pairs; batch ``i`` of epoch ``e`` is seeded by (seed, e, i)."""
+    class CleanPatches(keras.utils.PyDataset):
+        """Random clean patches (noise is added on the device by NoiseTrainingWrapper);
+        batch ``i`` of epoch ``e`` is seeded by (seed, e, i)."""
 
         def __init__(self):
-            super().__init__(workers=1, use_multiprocessing=False)
+            super().__init__(workers=config.workers, use_multiprocessing=False)
             self.epoch = 0
 
         def __len__(self):
@@ -94,9 +97,7 @@ def _make_patch_dataset(images, config, validation):
                 top = int(rng.integers(img.shape[0] - p + 1))
                 left = int(rng.integers(img.shape[1] - p + 1))
                 clean[k] = random_dihedral(img[top : top + p, left : left + p], rng)
-            sigma = rng.uniform(config.sigma_min, config.sigma_max, (config.batch_size, 1, 1, 1)) / 255.0
-            noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * sigma.astype(np.float32)
-            return noisy, clean
+            return clean, clean
 
     if validation:
         # A fixed set: the centre crop of each held-out image at each validation sigma.
@@ -113,7 +114,7 @@ def _make_patch_dataset(images, config, validation):
                 clean.append(crop)
                 noisy.append(crop + rng.standard_normal(crop.shape, dtype=np.float32) * np.float32(sigma / 255.0))
         return np.stack(noisy), np.stack(clean)
-    return NoisyPatches()
+    return CleanPatches()
 
 
 def _cosine_schedule(config):
@@ -161,7 +162,7 @@ def train_denoiser(config, *, progress=True):
     Returns the path of the written model.
     """
 
-    from imageae.models.denoiser import build_denoiser
+    from imageae.models.denoiser import NoiseTrainingWrapper, build_denoiser
     from imageae.runtime import set_precision
 
     policy = set_precision(config.precision)
@@ -193,11 +194,13 @@ def train_denoiser(config, *, progress=True):
             from imageae.registry import load_model
             from imageae.runtime import with_precision
 
-            model = with_precision(load_model(config.init, job="denoise"), policy)
-            if model.channels != config.channels:
-                raise ValueError(f"--init model has {model.channels} channels, --channels is {config.channels}")
+            denoiser = with_precision(load_model(config.init, job="denoise"), policy)
+            if denoiser.channels != config.channels:
+                raise ValueError(f"--init model has {denoiser.channels} channels, --channels is {config.channels}")
         else:
-            model = build_denoiser(config.channels, config.filters, config.blocks_per_level)
+            denoiser = build_denoiser(config.channels, config.filters, config.blocks_per_level)
+        model = NoiseTrainingWrapper(denoiser, config.sigma_min, config.sigma_max, seed=config.seed)
+        model.build((None, None, None, config.channels))
         model.compile(
             optimizer=keras.optimizers.Adam(_cosine_schedule(config), clipnorm=1.0),
             loss="mse",
@@ -211,8 +214,15 @@ def train_denoiser(config, *, progress=True):
             state = {"epoch": epoch + 1, "wall_time_seconds": previous_wall + time.time() - start}
             (checkpoint_dir / "state.json").write_text(json.dumps(state))
 
+    class CountSteps(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            CountSteps.steps += 1
+
     callbacks = [
         SaveState(),
+        CountSteps(),
         keras.callbacks.ModelCheckpoint(
             checkpoint_dir / "best.keras", monitor="val_psnr_metric", mode="max", save_best_only=True,
             initial_value_threshold=_best_so_far(checkpoint_dir, "val_psnr_metric", max) if config.resume else None,
@@ -221,7 +231,8 @@ def train_denoiser(config, *, progress=True):
             monitor="val_psnr_metric", mode="max", patience=config.patience_epochs, restore_best_weights=True
         ),
         keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
-        keras.callbacks.TensorBoard(log_dir=str(checkpoint_dir / "tensorboard")),
+        *_tensorboard(checkpoint_dir),
+        *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
     ]
     previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     start = time.time()
@@ -241,7 +252,7 @@ def train_denoiser(config, *, progress=True):
     from imageae.runtime import with_precision
 
     # Shipped in float32 without optimizer state; inference picks its precision per device.
-    model = with_precision(model, "float32")
+    model = with_precision(model.denoiser, "float32", copy=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     model.save(output)
     plot_history(checkpoint_dir / "history.csv", output.with_suffix(".curve.png"))
@@ -260,6 +271,7 @@ def train_denoiser(config, *, progress=True):
             "images": len(train_images),
             "validation_images": len(val_images),
             "steps": config.steps,
+            "steps_run_this_run": CountSteps.steps,
             "batch_size": config.batch_size,
             "patch_size": config.patch_size,
             "noise": f"additive white Gaussian, sigma uniform in [{config.sigma_min}, {config.sigma_max}] (0..255)",
@@ -271,6 +283,28 @@ def train_denoiser(config, *, progress=True):
     }
     output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return output
+
+
+def _tensorboard(checkpoint_dir):
+    """TensorBoard logs where the backend can write them (TensorFlow's summary ops)."""
+    if keras.backend.backend() != "tensorflow":
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=str(Path(checkpoint_dir) / "tensorboard"))]
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once ``seconds`` of training time have passed (for leased machines)."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = float(seconds)
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.time() - self.start > self.seconds:
+            self.model.stop_training = True
 
 
 def _best_so_far(checkpoint_dir, key, pick):
@@ -351,6 +385,7 @@ class VAETrainConfig:
     checkpoint_dir: str = ""
     resume: bool = False
     seed: int = 0
+    max_seconds: float = 0.0  # stop after this much training time (0: no limit)
 
 
 @_restoring_dtype_policy
@@ -413,7 +448,7 @@ def train_vae(config, *, progress=True):
         )
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=10.0))
 
-    grid_z = sample_latents(model, 64, seed=1234, sampler="normal")
+    grid_z = np.random.default_rng(1234).standard_normal((64, model.latent_dim)).astype(np.float32)
 
     class SaveState(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -437,7 +472,8 @@ def train_vae(config, *, progress=True):
         keras.callbacks.EarlyStopping(monitor="val_neg_elbo", mode="min", patience=config.patience_epochs,
                                       restore_best_weights=True),
         keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
-        keras.callbacks.TensorBoard(log_dir=str(checkpoint_dir / "tensorboard")),
+        *_tensorboard(checkpoint_dir),
+        *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
     ]
     previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     start = time.time()
@@ -446,7 +482,7 @@ def train_vae(config, *, progress=True):
     wall = time.time() - start
     if (checkpoint_dir / "best.keras").exists():
         model = keras.saving.load_model(checkpoint_dir / "best.keras")
-    model = with_precision(model, "float32")
+    model = with_precision(model, "float32", copy=True)
 
     # Ex-post density estimation: a Gaussian mixture over the training set's posterior means.
     latents = encode_images(model, train)

@@ -125,3 +125,48 @@ def build_denoiser(channels=1, filters=(48, 96, 192), blocks_per_level=1, name=N
     model = DenoiserUNet(channels=channels, filters=filters, blocks_per_level=blocks_per_level, name=name)
     model.build((None, None, None, channels))
     return model
+
+
+@keras.saving.register_keras_serializable(package="imageae")
+class NoiseTrainingWrapper(keras.Model):
+    """Trains a denoiser on clean images: in training mode it adds white Gaussian noise, with
+    sigma drawn per image uniformly from [sigma_min, sigma_max] (0..255 scale), before calling
+    the denoiser; otherwise it calls the denoiser on its input as given.
+
+    Noise is drawn with ``keras.random`` from a ``SeedGenerator`` inside the model, so training
+    runs on the TensorFlow or JAX backend and the input pipeline only cuts patches. Fit it on
+    ``(clean, clean)`` pairs and validate on fixed ``(noisy, clean)`` pairs.
+    """
+
+    def __init__(self, denoiser, sigma_min=0.0, sigma_max=55.0, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(denoiser, dict):
+            denoiser = keras.saving.deserialize_keras_object(denoiser)
+        self.denoiser = denoiser
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.seed = int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+
+    def build(self, input_shape):
+        if not self.denoiser.built:
+            self.denoiser.build(input_shape)
+        self.built = True
+
+    def call(self, x, training=False):
+        x = keras.ops.cast(x, "float32")
+        if training:
+            batch = keras.ops.shape(x)[0]
+            sigma = keras.random.uniform(
+                (batch, 1, 1, 1), self.sigma_min / 255.0, self.sigma_max / 255.0, seed=self.seed_generator
+            )
+            x = x + sigma * keras.random.normal(keras.ops.shape(x), seed=self.seed_generator)
+        return self.denoiser(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            denoiser=keras.saving.serialize_keras_object(self.denoiser),
+            sigma_min=self.sigma_min, sigma_max=self.sigma_max, seed=self.seed,
+        )
+        return config
