@@ -11,6 +11,12 @@ uint8 original (over RGB for colour) and averaged over the images of a set.
 
     python benchmarks/denoise.py                         # full run, writes benchmarks/results/
     python benchmarks/denoise.py --limit 2 --sigmas 25 --bm3d-limit 1 --speed-images 2   # smoke test
+    python benchmarks/denoise.py --beyond                # also noise outside the training conditions
+
+With ``--beyond`` (off by default) a further section measures the blind models outside their
+training conditions (white Gaussian noise, sigma uniform in [0, 55]): Gaussian sigma 5, 65 and
+75, Poisson photon noise, a camera-like clipped + JPEG pipeline and salt-and-pepper noise, on the
+first ``--beyond-limit`` images of BSD68 and CBSD68, against OpenCV NLM and the noisy input.
 
 Outputs: a table on stdout and ``denoise.md``, ``denoise.json`` (every per-image number) and
 ``denoise.png`` (PSNR against sigma, one panel per set) under ``--out``.
@@ -57,6 +63,25 @@ NOISE_SEED = "np.random.default_rng([sigma, i]).normal(0, sigma, shape), i = 0-b
 NLM_WINDOWS = {"templateWindowSize": 7, "searchWindowSize": 21}  # OpenCV's defaults
 NLM_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3)  # h / sigma candidates
 NLM_FALLBACK = {1: 0.9, 3: 0.7}  # h / sigma when no tuning images are found
+
+# Outside the training conditions (--beyond). The models were trained on white Gaussian noise with
+# sigma uniform in [0, 55]. Each condition: (key, description, noise kind, parameter).
+BEYOND_CONDITIONS = (
+    ("gaussian-5", "Gaussian sigma 5", "gaussian", 5),
+    ("gaussian-65", "Gaussian sigma 65", "gaussian", 65),
+    ("gaussian-75", "Gaussian sigma 75", "gaussian", 75),
+    ("poisson-30", "Poisson, peak 30 photons", "poisson", 30),
+    ("poisson-10", "Poisson, peak 10 photons", "poisson", 10),
+    ("camera-15", "Gaussian sigma 15, uint8, JPEG q85", "camera", 15),
+    ("salt-pepper-2", "salt and pepper 2 %", "salt_pepper", 2),
+)
+BEYOND_SETS = ("BSD68", "CBSD68")
+BEYOND_METHODS = ("noisy", "imageae", "NLM")  # "noisy": no denoising, the input scored as it is
+BEYOND_SEED_KIND = {"poisson": 1001, "camera": 1002, "salt_pepper": 1003}  # Gaussian: the main protocol's seeds
+BEYOND_SEED = ("Gaussian: as the main protocol; others: np.random.default_rng([K, parameter, i]), K = "
+               + ", ".join(f"{k} {kind}" for kind, k in BEYOND_SEED_KIND.items()))
+BEYOND_JPEG_QUALITY = 85
+NLM_BEYOND_SIGMAS = (5, 15, 25, 50, 65, 75)  # h / sigma tuned here for --beyond, interpolated in between
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,6 +404,131 @@ def speed(args, models, bar):
 
 
 # ----------------------------------------------------------------------------------------------
+# Outside the training conditions
+
+
+def add_poisson_noise(clean, peak, index):
+    """Photon noise: clean / 255 * peak expected photons, Poisson-sampled, back to 0..255, not clipped.
+
+    Signal-dependent: the noise at a pixel of value x has standard deviation sqrt(x * 255 / peak).
+    """
+    rng = np.random.default_rng([BEYOND_SEED_KIND["poisson"], int(peak), int(index)])
+    return rng.poisson(clean.astype(np.float64) / 255.0 * peak) / peak * 255.0
+
+
+def add_camera_noise(clean, sigma, index, quality=BEYOND_JPEG_QUALITY):
+    """A camera-like pipeline: Gaussian noise, clipped and rounded to uint8, then a JPEG round trip.
+
+    Pillow's encoder at ``quality`` (colour with its default 4:2:0 chroma subsampling), so the
+    noise that reaches the denoiser is clipped and spatially correlated.
+    """
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng([BEYOND_SEED_KIND["camera"], int(sigma), int(index)])
+    noisy = to_uint8(clean.astype(np.float64) + rng.normal(0.0, float(sigma), clean.shape))
+    buffer = io.BytesIO()
+    Image.fromarray(noisy).save(buffer, format="JPEG", quality=quality)
+    with Image.open(io.BytesIO(buffer.getvalue())) as image:
+        return np.asarray(image, dtype=np.float64)
+
+
+def add_salt_pepper(clean, percent, index):
+    """Impulse noise: ``percent`` % of the pixels (all channels of a pixel together) set to 0 or 255, half each."""
+    rng = np.random.default_rng([BEYOND_SEED_KIND["salt_pepper"], int(percent), int(index)])
+    hit = rng.random(clean.shape[:2]) < percent / 100.0
+    salt = rng.random(clean.shape[:2]) < 0.5
+    noisy = clean.astype(np.float64)
+    noisy[hit & salt] = 255.0
+    noisy[hit & ~salt] = 0.0
+    return noisy
+
+
+NOISE_MAKERS = {"gaussian": add_noise, "poisson": add_poisson_noise, "camera": add_camera_noise,
+                "salt_pepper": add_salt_pepper}  # kind -> (clean uint8, parameter, index) -> noisy float64
+
+
+def estimate_sigma(image):
+    """Blind noise level on the 0..255 scale: median |finest diagonal Haar coefficient| / 0.6745.
+
+    Donoho's robust estimator (as in skimage.restoration.estimate_sigma, which uses db2), pooled
+    over colour channels. Close for white Gaussian noise on natural images; texture raises it, noise
+    whose high frequencies JPEG removed lowers it, and being a median it largely ignores sparse impulses.
+    """
+    x = np.asarray(image, np.float64)
+    x = x[: x.shape[0] // 2 * 2, : x.shape[1] // 2 * 2]
+    diagonal = (x[0::2, 0::2] - x[0::2, 1::2] - x[1::2, 0::2] + x[1::2, 1::2]) / 2.0
+    return float(np.median(np.abs(diagonal)) / 0.6745)
+
+
+def nlm_h_at(h_over_sigma, sigma):
+    """OpenCV NLM's h for noise level ``sigma``: the tuned h / sigma, linear between tuned sigmas, times sigma."""
+    tuned = sorted(h_over_sigma)
+    return float(np.interp(sigma, tuned, [h_over_sigma[s] for s in tuned])) * sigma
+
+
+def beyond_sigma(kind, parameter, noisy):
+    """The noise level NLM's h is scaled from: the true sigma for Gaussian noise, else a blind estimate.
+
+    The estimate is taken on the uint8 image NLM receives and floored at 1 so that h stays positive.
+    """
+    return float(parameter) if kind == "gaussian" else max(estimate_sigma(to_uint8(noisy)), 1.0)
+
+
+def beyond(args, models, nlm_h, bar):
+    """Per-image records for every condition of BEYOND_CONDITIONS on the first --beyond-limit images."""
+    records = []
+    for name in BEYOND_SETS:
+        channels = SETS[name]
+        paths = list_images(args.data / name)[: args.beyond_limit or None]
+        images = [read_image(p, channels) for p in paths]
+        warm_up_imageae(images, models[channels], "auto")
+        for key, _, kind, parameter in BEYOND_CONDITIONS:
+            for i, (path, clean) in enumerate(zip(paths, images)):
+                noisy = NOISE_MAKERS[kind](clean, parameter, i)
+                sigma = beyond_sigma(kind, parameter, noisy)
+                h = nlm_h_at(nlm_h[channels], sigma)
+                noise_rms = float(np.sqrt(np.mean((noisy - clean) ** 2)))
+                methods = [("noisy", to_uint8),
+                           ("imageae", lambda z: run_imageae(z, sigma, model=models[channels])),
+                           ("NLM", lambda z: run_nlm(z, sigma, h=h))]
+                for method, fn in methods:
+                    bar.set_postfix_str(f"beyond {name} {key} {path.name} {method}")
+                    with Timer() as t:
+                        result = fn(noisy)
+                    p, s = score(clean, result)
+                    records.append({
+                        "condition": key, "set": name, "index": i, "image": path.name, "method": method,
+                        "psnr": p, "ssim": s, "seconds": t.seconds, "noise_rms": noise_rms, "nlm_sigma": sigma,
+                        "nlm_h": h,
+                    })
+                bar.update(1)
+    return records
+
+
+def summarise_beyond(records):
+    """Mean PSNR/SSIM per (condition, set, method), with the mean noise RMS and NLM's sigma and h."""
+    rows = []
+    for key, description, kind, parameter in BEYOND_CONDITIONS:
+        for name in BEYOND_SETS:
+            here = [r for r in records if r["condition"] == key and r["set"] == name]
+            if not here:
+                continue
+            inputs = [r for r in here if r["method"] == "noisy"]
+            row = {"condition": key, "description": description, "kind": kind, "parameter": parameter, "set": name,
+                   "images": len(inputs), "noise_rms": float(np.mean([r["noise_rms"] for r in inputs])),
+                   "nlm_sigma": float(np.mean([r["nlm_sigma"] for r in inputs])),
+                   "nlm_h": float(np.mean([r["nlm_h"] for r in inputs]))}
+            for method in BEYOND_METHODS:
+                chosen = [r for r in here if r["method"] == method]
+                row[method] = {"psnr": float(np.mean([r["psnr"] for r in chosen])),
+                               "ssim": float(np.mean([r["ssim"] for r in chosen]))}
+            rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
 # Reporting
 
 
@@ -405,6 +555,61 @@ def quality_table(rows, key, digits):
             cells += [fmt(r["BM3D_published"]), fmt(r["DnCNN_published"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def beyond_table(rows, key, digits):
+    head = ["condition", "set", "n", "noise RMS", "NLM sigma", "NLM h", "noisy input", "imageae", "NLM",
+            "imageae - input", "imageae - NLM"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        noisy, ours, nlm = (r[m][key] for m in BEYOND_METHODS)
+        cells = [r["description"], r["set"], str(r["images"]), fmt(r["noise_rms"], 1), fmt(r["nlm_sigma"], 1),
+                 fmt(r["nlm_h"], 1), fmt(noisy, digits), fmt(ours, digits), fmt(nlm, digits),
+                 f"{ours - noisy:+.{digits}f}", f"{ours - nlm:+.{digits}f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def beyond_markdown(b):
+    rows = b["summary"]
+    worse = [f"{r['description']} ({r['set']})" for r in rows if r["imageae"]["psnr"] < r["noisy"]["psnr"]]
+    beaten = [f"{r['description']} ({r['set']})" for r in rows if r["imageae"]["psnr"] < r["NLM"]["psnr"]]
+    return [
+        "## Outside the training conditions",
+        "",
+        f"The shipped denoisers are blind and were trained on {b['training_noise']}. Here they meet noise "
+        f"they were not trained on, on the first {b['images_per_set']} images of {' and '.join(BEYOND_SETS)}; "
+        "each condition's noisy input is the same for every method.",
+        "",
+        "- Gaussian sigma 5 (below most of the training mass), 65 and 75 (above the training range): the main "
+        "protocol and seeds (unclipped input).",
+        "- Poisson: clean / 255 * peak expected photons, Poisson-sampled, * 255 / peak, not clipped; "
+        "signal-dependent, standard deviation sqrt(x * 255 / peak) at a pixel of value x.",
+        f"- Camera-like: Gaussian sigma 15, clipped and rounded to uint8, then a Pillow JPEG round trip at "
+        f"quality {BEYOND_JPEG_QUALITY} (colour 4:2:0): clipped, spatially correlated noise.",
+        "- Salt and pepper: 2 % of the pixels (all channels of a pixel together) set to 0 or 255, half each. "
+        "Impulse noise is not what a Gaussian denoiser (or NLM) is built for; a median filter is the usual tool.",
+        f"- Seeds: {b['seed']}; i = 0-based image index.",
+        "- noisy input: the input clipped and rounded to uint8, scored as is (no denoising). noise RMS: "
+        "sqrt(mean((noisy - clean)^2)) of the input before that clipping, the effective sigma on the 0..255 "
+        "scale; mean over images.",
+        f"- NLM: as in the main table; h = (h / sigma) * sigma, with h / sigma tuned on training images at sigma "
+        f"{', '.join(map(str, NLM_BEYOND_SIGMAS))} and linearly interpolated between them (constant beyond). "
+        f"{b['nlm_sigma_rule']} *NLM sigma* and *NLM h* are means over images.",
+        "",
+        "### PSNR (dB)",
+        "",
+        beyond_table(rows, "psnr", 2),
+        "",
+        "### SSIM",
+        "",
+        beyond_table(rows, "ssim", 4),
+        "",
+        "imageae below the noisy input (PSNR): " + ("; ".join(worse) if worse else "none") + ".",
+        "",
+        "imageae below OpenCV NLM (PSNR): " + ("; ".join(beaten) if beaten else "none") + ".",
+        "",
+    ]
 
 
 def markdown(result):
@@ -470,6 +675,8 @@ def markdown(result):
             f"auto - float32: {p['psnr_auto_minus_float32']:+.3f} dB",
             "",
         ]
+    if result.get("beyond"):
+        out += beyond_markdown(result["beyond"])
     out += ["## Speed", "", "Per method, from the quality runs (imageae after an untimed warm-up per image shape; "
             "one image per call; Mpixel = million spatial pixels):", "",
             "| method | set | runs | s/image | Mpixel/s |", "|---|---|---|---|---|"]
@@ -587,11 +794,16 @@ def parse_args(argv=None):
     p.add_argument("--speed-images", type=int, default=16, help="512x512 photos in the throughput run (default: 16)")
     p.add_argument("--skip-speed", action="store_true", help="skip the throughput runs")
     p.add_argument("--skip-precision", action="store_true", help="skip the float32-vs-auto check")
+    p.add_argument("--beyond", action="store_true",
+                   help="also measure noise outside the training conditions (Gaussian sigma 5/65/75, Poisson, "
+                        "clipped + JPEG, salt and pepper) on BSD68 and CBSD68 (default: off)")
+    p.add_argument("--beyond-limit", type=int, default=8,
+                   help="images per set in the --beyond section, 0 for all (default: 8)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
                    help="where denoise.md/.json/.png go (default: benchmarks/results)")
     args = p.parse_args(argv)
-    if args.limit < 0 or args.bm3d_limit < 0 or args.speed_images < 2 or args.nlm_tune_images < 0:
-        p.error("--limit, --bm3d-limit and --nlm-tune-images must be >= 0 and --speed-images >= 2")
+    if min(args.limit, args.bm3d_limit, args.nlm_tune_images, args.beyond_limit) < 0 or args.speed_images < 2:
+        p.error("--limit, --bm3d-limit, --nlm-tune-images and --beyond-limit must be >= 0 and --speed-images >= 2")
     if any(s <= 0 for s in args.sigmas):
         p.error(f"--sigmas must be positive, got {args.sigmas}")
     return p, args
@@ -599,7 +811,8 @@ def parse_args(argv=None):
 
 def check_inputs(parser, args):
     """Fail early, saying what is missing and where it was expected."""
-    missing = [name for name in args.sets if not (args.data / name).is_dir() or not list_images(args.data / name)]
+    wanted = list(dict.fromkeys([*args.sets, *(BEYOND_SETS if args.beyond else ())]))
+    missing = [name for name in wanted if not (args.data / name).is_dir() or not list_images(args.data / name)]
     if not args.skip_speed and "CBSD68" not in missing and not (args.data / "CBSD68").is_dir():
         missing.append("CBSD68 (for the speed run; or pass --skip-speed)")
     if missing:
@@ -612,7 +825,7 @@ def check_inputs(parser, args):
     from imageae import registry
 
     models = {1: args.model_grey, 3: args.model_colour}
-    needed = {SETS[name] for name in args.sets} | ({3} if not args.skip_speed else set())
+    needed = {SETS[name] for name in wanted} | ({3} if not args.skip_speed else set())
     if not args.skip_precision and (args.data / "BSD68").is_dir():
         needed.add(1)  # the precision check runs on BSD68 whatever --sets says
     for channels in sorted(needed):
@@ -639,19 +852,23 @@ def main(argv=None):
     print(f"{env['device']}; precision auto = {env['auto_precision']}; commit {env['git_commit']}", file=sys.stderr)
 
     nlm_h, tuning = {}, {}
-    for channels in sorted({SETS[name] for name in args.sets}):
+    tune_sigmas = sorted(set(args.sigmas) | (set(NLM_BEYOND_SIGMAS) if args.beyond else set()))
+    for channels in sorted({SETS[name] for name in [*args.sets, *(BEYOND_SETS if args.beyond else ())]}):
         print(f"tuning OpenCV NLM h for {'grey' if channels == 1 else 'colour'} ...", file=sys.stderr)
-        nlm_h[channels], tuning[channels] = tune_nlm(args.data, args.sigmas, channels, args.nlm_tune_images)
+        nlm_h[channels], tuning[channels] = tune_nlm(args.data, tune_sigmas, channels, args.nlm_tune_images)
 
     counts = {name: len(list_images(args.data / name)[: args.limit or None]) for name in args.sets}
     precision_images = len(list_images(args.data / "BSD68")[: args.limit or None]) if (args.data / "BSD68").is_dir() else 0
     reuse = "BSD68" in args.sets and 25 in args.sigmas
+    beyond_images = {name: len(list_images(args.data / name)[: args.beyond_limit or None]) for name in BEYOND_SETS}
     total = (sum(counts.values()) * len(args.sigmas)
              + (0 if args.skip_precision else precision_images * (1 if reuse else 2))
-             + (0 if args.skip_speed else 3))
+             + (0 if args.skip_speed else 3)
+             + (sum(beyond_images.values()) * len(BEYOND_CONDITIONS) if args.beyond else 0))
     with tqdm(total=total, desc="benchmark", unit="step", dynamic_ncols=True) as bar:
         records = quality(args, models, nlm_h, bar)
         precision = None if args.skip_precision else precision_check(args, models, records, bar)
+        beyond_records = beyond(args, models, nlm_h, bar) if args.beyond else None
         speed_result = None if args.skip_speed else speed(args, models, bar)
 
     result = {
@@ -661,7 +878,7 @@ def main(argv=None):
         "config": {
             "data": str(args.data), "sets": args.sets, "sigmas": args.sigmas, "limit": args.limit,
             "bm3d_limit": args.bm3d_limit, "model_grey": models[1], "model_colour": models[3],
-            "speed_images": args.speed_images,
+            "speed_images": args.speed_images, "beyond": args.beyond, "beyond_limit": args.beyond_limit,
         },
         "protocol": {
             "noise": NOISE_SEED, "noisy_input": "float64 0..255, not clipped",
@@ -675,6 +892,20 @@ def main(argv=None):
         "throughput": throughput(records),
         "precision": precision,
         "speed": speed_result,
+        "beyond": None if beyond_records is None else {
+            "training_noise": "white Gaussian noise, sigma uniform in [0, 55] on the 0..255 scale",
+            "sets": list(BEYOND_SETS), "images_per_set": max(beyond_images.values()), "images": beyond_images,
+            "conditions": [{"condition": k, "description": d, "kind": kind, "parameter": v}
+                           for k, d, kind, v in BEYOND_CONDITIONS],
+            "seed": BEYOND_SEED, "jpeg_quality": BEYOND_JPEG_QUALITY,
+            "methods": {"noisy": "no denoising: the input clipped and rounded to uint8", "imageae":
+                        "imageae.denoise(noisy / 255), model auto, precision auto", "NLM": "OpenCV NLM as above"},
+            "nlm_sigma_rule": "Gaussian conditions use the true sigma; the others a blind estimate from the uint8 "
+                              "image NLM receives, median |finest diagonal Haar coefficient| / 0.6745 (Donoho), "
+                              "pooled over channels, floored at 1.",
+            "summary": summarise_beyond(beyond_records),
+            "records": beyond_records,
+        },
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "wall_seconds": time.perf_counter() - start,
         "records": records,
