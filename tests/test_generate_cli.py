@@ -102,11 +102,6 @@ def test_generate_names_an_unknown_model(tmp_path):
     assert code == 2 and "unknown model" in stderr and "missing.keras" in stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: 'vae-digits', the default --model of generate/interpolate/reconstruct and of "
-    "imageae.generate/reconstruct/interpolate, has no entry in imageae/registry.py MODELS",
-)
 def test_generate_with_the_default_model_uses_the_registered_vae_digits(tmp_path):
     code, _, stderr = run_cli("generate", "-n", 2, "-o", tmp_path / "out")
     assert code == 0, stderr

@@ -333,5 +333,10 @@ def from_float(x, like):
     """A :class:`DecodedImage` from float pixels on the 0..1 scale, in ``like``'s depth."""
     scale = float(2**like.bit_depth - 1)
     dtype = np.uint16 if like.bit_depth == 16 else np.uint8
-    pixels = np.clip(np.round(np.asarray(x, np.float32) * scale), 0, scale).astype(dtype)
+    x = np.asarray(x)
+    pixels = np.empty(x.shape, dtype)
+    # In bands of rows, so a 6000x4000 photo needs no full-size float temporaries.
+    for top in range(0, x.shape[0], 256):
+        band = np.asarray(x[top : top + 256], np.float32) * scale
+        pixels[top : top + 256] = np.clip(np.round(band), 0, scale)
     return DecodedImage(pixels, like.alpha, like.bit_depth, like.format)

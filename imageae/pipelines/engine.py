@@ -78,7 +78,10 @@ class TiledRunner:
         for key, x in items:
             x = np.asarray(x, np.float32)
             planes, fold = _prepare_layout(x, self.channels)
-            padded = np.stack([pad_to_multiple(p, self.stride) for p in planes])
+            if len(planes) == 1:  # no copy when the image is already a multiple of the stride
+                padded = pad_to_multiple(planes[0], self.stride)[None]
+            else:
+                padded = np.stack([pad_to_multiple(p, self.stride) for p in planes])
             hp, wp = padded.shape[1:3]
             tiles = plan_tiles(hp, wp, window=self.tile, margin=self.margin)
             job = _Job(key, padded, np.empty_like(padded), x.shape[0], x.shape[1], len(tiles) * len(padded), fold)
