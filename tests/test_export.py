@@ -14,6 +14,8 @@ from PIL import Image
 import imageae
 from imageae.export import export_saved_model
 
+DATA = __import__("pathlib").Path(__file__).resolve().parent.parent / "data"
+
 # Runs in a fresh interpreter: only tensorflow (and numpy) may be imported there.
 _CLIENT = textwrap.dedent(
     """
@@ -133,3 +135,49 @@ def test_tensorflow_serving_rest_round_trip(random_weight_models, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _shipped(job):
+    from imageae import registry
+
+    return [m.name for m in registry.list_models(job)]
+
+
+@pytest.fixture
+def shipped_models(monkeypatch):
+    import imageae.api
+
+    monkeypatch.delenv("IMAGEAE_MODELS", raising=False)
+    monkeypatch.setattr(imageae.api, "_default", {})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _shipped("denoise"))
+def test_shipped_denoiser_export_gives_the_same_pixels_as_the_api(name, shipped_models, tmp_path):
+    from imageae.data.io import read_image
+
+    clean = read_image(DATA / "clean" / ("camera.png" if name == "denoise-grey" else "coffee.png")).pixels[:96, :120]
+    noisy = np.clip(clean + np.random.default_rng(1).normal(0, 25, clean.shape), 0, 255).astype(np.uint8)
+    noisy = noisy[..., 0] if noisy.shape[-1] == 1 else noisy
+    target = export_saved_model(name, tmp_path)
+    x = np.zeros((1, 16, 16, 1 if name == "denoise-grey" else 3), np.float32)
+    out = _run_client({"path": str(target), "images_bytes": [_png(noisy).hex()], "float": x.tolist()})
+    assert out["modules"] == []
+    served = np.asarray(Image.open(io.BytesIO(bytes.fromhex(out["pngs"][0]))))
+    np.testing.assert_array_equal(served, imageae.denoise(noisy, model=name, precision="float32"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _shipped("generate"))
+def test_shipped_vae_export_generates_the_api_images_for_a_seed(name, shipped_models, tmp_path):
+    from imageae import registry
+
+    target = export_saved_model(name, tmp_path)
+    vae = registry.load_model(name, job="generate")
+    out = _run_client({"path": str(target), "seed": 11, "shape": [vae.image_size, vae.image_size, vae.channels]})
+    assert out["modules"] == []
+    assert {"generate", "generate_prior", "encode", "decode"} <= set(out["signatures"])
+    served = np.stack([np.asarray(Image.open(io.BytesIO(bytes.fromhex(p)))) for p in out["pngs"]])
+    expected = imageae.generate(3, model=name, seed=11, temperature=0.8, precision="float32")
+    np.testing.assert_array_equal(served.reshape(expected.shape), expected)
+    assert out["decoded_shape"] == [1, vae.image_size, vae.image_size, vae.channels]
