@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from imageae import registry
-from imageae.data.io import WRITE_FORMATS, DecodedImage, from_float, output_format, write_image
+from imageae.data.io import WRITE_FORMATS, from_float, output_format, write_image
 
 # Float inputs are images on the 0..1 scale; noisy ones may stray outside it (the benchmark
 # protocol does not clip), but values this far out mean the caller passed 0..255 data.

@@ -91,6 +91,17 @@ def _add_runtime_flags(parser):
     )
 
 
+def _add_training_flags(parser, what):
+    parser.add_argument("--max-minutes", type=float, default=0.0,
+                        help="stop after this much training time, keeping the best checkpoint (default: no limit)")
+    parser.add_argument("--checkpoint-dir", default="",
+                        help=f"{what} (default: next to --output; keep it outside the repo)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                        default="auto", help="training precision (default: auto)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="imageae",
@@ -193,13 +204,7 @@ def build_parser():
     t.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up steps (default: 200)")
     t.add_argument("--patience", type=_positive_int, default=10, help="early-stopping patience in epochs (default: 10)")
     t.add_argument("--workers", type=_positive_int, default=1, help="threads cutting patches (default: 1)")
-    t.add_argument("--max-minutes", type=float, default=0.0,
-                   help="stop after this much training time, keeping the best checkpoint (default: no limit)")
-    t.add_argument("--checkpoint-dir", default="", help="checkpoints and logs (default: next to --output; keep it outside the repo)")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    t.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
-                   help="training precision (default: auto)")
+    _add_training_flags(t, "checkpoints, CSV history and TensorBoard logs")
     t = train.add_parser(
         "vae", help="a convolutional VAE on any folder of images", description="Train a convolutional VAE.",
         epilog=_EPILOG_TRAIN_VAE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -222,13 +227,7 @@ def build_parser():
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
     t.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate (default: 1e-3)")
     t.add_argument("--patience", type=_positive_int, default=8, help="early-stopping patience in epochs (default: 8)")
-    t.add_argument("--max-minutes", type=float, default=0.0,
-                   help="stop after this much training time, keeping the best checkpoint (default: no limit)")
-    t.add_argument("--checkpoint-dir", default="", help="checkpoints, logs and per-epoch sample grids")
-    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    t.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
-                   help="training precision (default: auto)")
+    _add_training_flags(t, "checkpoints, CSV history and per-epoch sample grids")
     t = train.add_parser(
         "digit-classifier", help="the digit classifier whose features score generated digits (FID/KID)",
         description="Train the small MNIST classifier used as the feature space of digit FID/KID.",

@@ -207,21 +207,15 @@ def train_denoiser(config, *, progress=True):
             metrics=[psnr_metric],
         )
 
-    class SaveState(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            self.model.save(checkpoint_dir / "last.tmp.keras")
-            os.replace(checkpoint_dir / "last.tmp.keras", last)
-            state = {"epoch": epoch + 1, "wall_time_seconds": previous_wall + time.time() - start}
-            (checkpoint_dir / "state.json").write_text(json.dumps(state))
-
     class CountSteps(keras.callbacks.Callback):
         steps = 0
 
         def on_train_batch_end(self, batch, logs=None):
             CountSteps.steps += 1
 
+    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     callbacks = [
-        SaveState(),
+        SaveState(checkpoint_dir, previous_wall),
         CountSteps(),
         keras.callbacks.ModelCheckpoint(
             checkpoint_dir / "best.keras", monitor="val_psnr_metric", mode="max", save_best_only=True,
@@ -234,7 +228,6 @@ def train_denoiser(config, *, progress=True):
         *_tensorboard(checkpoint_dir),
         *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
     ]
-    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     start = time.time()
     model.fit(
         train_data,
@@ -286,10 +279,33 @@ def train_denoiser(config, *, progress=True):
 
 
 def _tensorboard(checkpoint_dir):
-    """TensorBoard logs where the backend can write them (TensorFlow's summary ops)."""
-    if keras.backend.backend() != "tensorflow":
+    """TensorBoard logs where they can be written: TensorFlow backend and the tensorboard
+    package installed (TensorFlow 2.21 no longer requires it; imageae's install does)."""
+    import importlib.util
+
+    if keras.backend.backend() != "tensorflow" or importlib.util.find_spec("tensorboard") is None:
         return []
     return [keras.callbacks.TensorBoard(log_dir=str(Path(checkpoint_dir) / "tensorboard"))]
+
+
+class SaveState(keras.callbacks.Callback):
+    """After every epoch: the model with its optimizer as last.keras (written atomically) and
+    the epoch and training time so far in state.json, so that --resume can continue."""
+
+    def __init__(self, checkpoint_dir, previous_wall=0.0):
+        super().__init__()
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.previous_wall = previous_wall
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        tmp = self.checkpoint_dir / "last.tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.checkpoint_dir / "last.keras")
+        state = {"epoch": epoch + 1, "wall_time_seconds": self.previous_wall + time.time() - self.start}
+        (self.checkpoint_dir / "state.json").write_text(json.dumps(state))
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -393,7 +409,7 @@ def train_vae(config, *, progress=True):
     """Train a :class:`~imageae.models.vae.ConvVAE` as ``config`` says, fit its latent mixture,
     and write the .keras model, a model card, a training curve and sample grids."""
     from imageae.data.arrays import load_image_array
-    from imageae.generation import contact_sheet, decode_latents, encode_images, fit_mixture, sample_latents
+    from imageae.generation import contact_sheet, decode_latents, encode_images, fit_mixture
     from imageae.models.vae import build_vae
     from imageae.runtime import set_precision, with_precision
 
@@ -450,12 +466,10 @@ def train_vae(config, *, progress=True):
 
     grid_z = np.random.default_rng(1234).standard_normal((64, model.latent_dim)).astype(np.float32)
 
-    class SaveState(keras.callbacks.Callback):
+    class SampleGrid(keras.callbacks.Callback):
+        """A sheet of 64 decoded prior samples after every epoch, to watch training."""
+
         def on_epoch_end(self, epoch, logs=None):
-            self.model.save(checkpoint_dir / "last.tmp.keras")
-            os.replace(checkpoint_dir / "last.tmp.keras", last)
-            state = {"epoch": epoch + 1, "wall_time_seconds": previous_wall + time.time() - start}
-            (checkpoint_dir / "state.json").write_text(json.dumps(state))
             from PIL import Image
 
             sheet = contact_sheet(decode_latents(self.model, grid_z), columns=8)
@@ -463,8 +477,10 @@ def train_vae(config, *, progress=True):
                 checkpoint_dir / f"samples_epoch{epoch + 1:03d}.png"
             )
 
+    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     callbacks = [
-        SaveState(),
+        SaveState(checkpoint_dir, previous_wall),
+        SampleGrid(),
         keras.callbacks.ModelCheckpoint(
             checkpoint_dir / "best.keras", monitor="val_neg_elbo", mode="min", save_best_only=True,
             initial_value_threshold=_best_so_far(checkpoint_dir, "val_neg_elbo", min) if config.resume else None,
@@ -475,7 +491,6 @@ def train_vae(config, *, progress=True):
         *_tensorboard(checkpoint_dir),
         *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
     ]
-    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     start = time.time()
     model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(val,),
               validation_batch_size=256, callbacks=callbacks, verbose=1 if progress else 2)

@@ -219,3 +219,16 @@ def vae_models(vae_models_dir, monkeypatch):
     monkeypatch.setenv("IMAGEAE_MODELS", str(vae_models_dir))
     monkeypatch.setattr(imageae.api, "_default", {})
     return vae_models_dir / "vae-digits.keras"
+
+
+def run_cli(*argv):
+    """(exit code, stdout, stderr) of ``imageae ARGV``, run in-process through ``main``."""
+    import contextlib
+    import io
+
+    from imageae.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()

@@ -5,8 +5,6 @@ The models are the random-weight stand-ins of conftest.py; these tests check the
 job's plumbing (discovery, formats, modes, bit depth, alpha, skipping, safety), not quality.
 """
 
-import contextlib
-import io
 import json
 
 import cv2
@@ -15,6 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import (
+    run_cli,
     exif_orientation_bytes,
     marked_corner_image,
     noise_image,
@@ -31,14 +30,6 @@ from imageae.registry import list_models
 pytestmark = pytest.mark.usefixtures("random_weight_models")
 
 H, W = 24, 40  # every test image: multiples of the stand-ins' stride (8), so little retracing
-
-
-def run_cli(*argv):
-    """(exit code, stdout, stderr) of ``imageae ARGV``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def output_files(folder):

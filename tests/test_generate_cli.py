@@ -6,28 +6,18 @@ patterns (left half white, top half white) and its mixture has one component on 
 sample should look like one of them and a reconstruction like its input.
 """
 
-import contextlib
-import io
 
 import numpy as np
 import pytest
+
 from PIL import Image
 
 import imageae
-from conftest import pattern_image, save_text_as_png
-from imageae.cli import main
+from conftest import pattern_image, run_cli, save_text_as_png
 
 pytestmark = pytest.mark.usefixtures("vae_models")
 
 PATTERNS = np.stack([pattern_image(0), pattern_image(1)])  # (2, 8, 8, 1) uint8
-
-
-def run_cli(*argv):
-    """(exit code, stdout, stderr) of ``imageae ARGV``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def read_png(path):

@@ -1,8 +1,6 @@
 """Training recipes end to end on tiny generated data: ``imageae train vae`` and
 ``imageae train digit-classifier``, plus the DigitClassifier's config and .keras round trips."""
 
-import contextlib
-import io
 import json
 import shutil
 import struct
@@ -10,19 +8,11 @@ import struct
 import keras
 import numpy as np
 import pytest
+
 from PIL import Image
 
-from conftest import two_pattern_images
-from imageae.cli import main
+from conftest import run_cli, two_pattern_images
 from imageae.models.classifier import DigitClassifier
-
-
-def run_cli(*argv):
-    """(exit code, stdout, stderr) of ``imageae ARGV``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
 
 
 def idx_bytes(array):
