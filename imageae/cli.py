@@ -247,24 +247,24 @@ def _version():
 
 
 def _configure_device(device):
-    """Hide GPUs for --device cpu; refuse --device gpu when there is none."""
+    """Hide GPUs for --device cpu (precision is then chosen for the CPU); refuse --device gpu
+    when there is none."""
     import tensorflow as tf
 
     if device == "cpu":
         tf.config.set_visible_devices([], "GPU")
     elif device == "gpu" and not tf.config.list_physical_devices("GPU"):
         raise RuntimeError("--device gpu: TensorFlow sees no GPU on this machine")
-    return "cpu" if device == "cpu" else "auto"
 
 
 def _cmd_denoise(args):
     from imageae.api import denoise_folder
 
-    device = _configure_device(args.device)
+    _configure_device(args.device)
     progress = {"auto": None, "on": True, "off": False}[args.progress]
     report = denoise_folder(
         args.inputs, args.output, model=args.model, ext=args.ext, quality=args.quality,
-        overwrite=args.overwrite, precision=args.precision if device == "auto" else args.precision,
+        overwrite=args.overwrite, precision=args.precision,
         tile=args.tile, batch_size=args.batch_size, progress=progress,
     )
     print(report.summary("denoised"), file=sys.stderr if report.failed else sys.stdout)

@@ -25,7 +25,7 @@ def gpus():
         return [d for d in jax.devices() if d.platform == "gpu"]
     import tensorflow as tf
 
-    return tf.config.list_physical_devices("GPU")
+    return tf.config.get_visible_devices("GPU")  # respects --device cpu, which hides GPUs
 
 
 def choose_precision(device="auto"):
