@@ -136,6 +136,7 @@ def load_model(name_or_path, *, job):
     import imageae.layers.blocks  # noqa: F401  (registers the custom layers)
     import imageae.metrics  # noqa: F401
     import imageae.models.classifier  # noqa: F401
+    import imageae.models.codec  # noqa: F401
     import imageae.models.denoiser  # noqa: F401
     import imageae.models.vae  # noqa: F401
 
@@ -154,4 +155,6 @@ def load_model(name_or_path, *, job):
 
 
 # The model class each job runs (checked by name, so this module needs no model imports).
-_JOB_CLASSES = {"denoise": "DenoiserUNet", "generate": "ConvVAE", "features": "DigitClassifier"}
+_JOB_CLASSES = {
+    "denoise": "DenoiserUNet", "generate": "ConvVAE", "features": "DigitClassifier", "compress": "HyperpriorCodec",
+}

@@ -1,0 +1,56 @@
+"""The bitstream layer of the learned image codecs: the ``.iae`` container and the entropy coder.
+
+``container`` reads and writes ``.iae`` files (format: ``docs/iae-format.md``); ``coder`` turns
+integer symbol arrays into range-coded bytes and back, with integer probability tables so that
+a file decodes bit-exactly on any machine. Neither touches the filesystem or a model.
+"""
+
+from imageae.codec.coder import (
+    CDF_PRECISION,
+    GAUSSIAN_RADII,
+    GAUSSIAN_TABLES,
+    GAUSSIAN_TABLES_SHA256,
+    SCALE_TABLE,
+    decode_factorized,
+    decode_gaussian,
+    encode_factorized,
+    encode_gaussian,
+    estimate_factorized_bits,
+    estimate_gaussian_bits,
+    quantize_pmf_tables,
+    quantized_cdf_table,
+    scale_indexes,
+)
+from imageae.codec.container import (
+    FORMAT_VERSION,
+    IaeFormatError,
+    IaeHeader,
+    pack,
+    pack_section,
+    unpack,
+    unpack_section,
+)
+
+__all__ = [
+    "CDF_PRECISION",
+    "FORMAT_VERSION",
+    "GAUSSIAN_RADII",
+    "GAUSSIAN_TABLES",
+    "GAUSSIAN_TABLES_SHA256",
+    "SCALE_TABLE",
+    "IaeFormatError",
+    "IaeHeader",
+    "decode_factorized",
+    "decode_gaussian",
+    "encode_factorized",
+    "encode_gaussian",
+    "estimate_factorized_bits",
+    "estimate_gaussian_bits",
+    "pack",
+    "pack_section",
+    "quantize_pmf_tables",
+    "quantized_cdf_table",
+    "scale_indexes",
+    "unpack",
+    "unpack_section",
+]
