@@ -1,0 +1,442 @@
+"""A learned codec model joined to the ``.iae`` bitstream: uint8 image <-> bytes.
+
+One codec contract (``STYLE.md``): :func:`compress_array` turns a uint8 image into the bytes
+of an ``.iae`` file (``docs/iae-format.md``) and :func:`decompress_bytes` turns them back
+into a uint8 image of the original size and colour mode. Both go through a
+:class:`CodecSession`, which holds what is prepared once per loaded model: a float32 copy of
+the model (so the scales that choose the coding tables never depend on the caller's dtype
+policy) and the integer coding tables of the hyper-latents.
+
+Encoding (Balle et al. 2018, Minnen et al. 2018; the model is
+:class:`imageae.models.codec.HyperpriorCodec` or anything with its methods)::
+
+    x      = pad(image / 255)                   bottom/right mirror padding to model.stride
+    y      = g_a(x),  z = h_a(y)
+    z_sym  = round(z),  z_hat = z_sym            section 0: encode_factorized(z_sym, tables)
+    scales, means = h_s(z_hat)                   computed from z_hat exactly as the decoder does
+    k      = scale_indexes(scales)
+    y_sym  = round(y - means)                    section 1: encode_gaussian(y_sym, k)
+
+and decoding reads ``z_sym``, recomputes ``scales, means`` and ``k`` from it, reads ``y_sym``
+and returns ``crop(g_s(y_sym + means))`` as uint8. Grey images go through a 3-channel model by
+replicating the grey channel and come back as the mean of the three decoded channels.
+
+Nothing here touches the filesystem or imports TensorFlow at import time; the model's own
+methods do the tensor work.
+
+What decoding relies on: the scale indexes ``k`` must come out bit-identical on the decoding
+machine. They are computed from integers (``z_sym``) by the float32 network ``h_s``, so a
+platform, BLAS or thread count whose float32 convolutions round differently can move a scale
+that lies within a rounding error of a table bound into the neighbouring table, and the main
+section then fails to decode (an :class:`IaeFormatError`) or, rarely, decodes wrongly.
+The same holds for the hyper-latent tables, quantized here from the model's float64 density.
+"""
+
+import collections
+
+import numpy as np
+
+from imageae.codec.coder import (
+    decode_factorized,
+    decode_gaussian,
+    encode_factorized,
+    encode_gaussian,
+    estimate_factorized_bits,
+    estimate_gaussian_bits,
+    quantize_pmf_tables,
+    scale_indexes,
+)
+from imageae.codec.container import IaeFormatError, IaeHeader, pack, pack_section, unpack, unpack_section
+from imageae.pipelines.tiling import pad_to_multiple
+
+BIT_DEPTH = 8  # the only depth the codec stores; 16-bit input is refused, not silently reduced
+Z_MAX_SUPPORT = 256  # integers per hyper-latent table (values outside are escape-coded)
+_INT32_LIMIT = 2.0**31 - 1.0
+
+
+class UnknownModelError(LookupError):
+    """An ``.iae`` file names a model that is not installed (or not offered to the decoder)."""
+
+    def __str__(self):  # LookupError's KeyError-style quoting is not wanted here
+        return str(self.args[0]) if self.args else ""
+
+
+CodecLatents = collections.namedtuple("CodecLatents", ["z_symbols", "y_symbols", "scale_indexes", "means"])
+CodecLatents.__doc__ = """The integers a file stores, and what the decoder derives from them.
+
+z_symbols : int32 (H_pad/64, W_pad/64, num_filters), the hyper-latents round(z) (section 0).
+y_symbols : int32 (H_pad/16, W_pad/16, num_latent), the residuals round(y - means) (section 1).
+scale_indexes : int32, y_symbols' shape: the Gaussian table of each residual.
+means : float32, y_symbols' shape: y_hat = y_symbols + means.
+"""
+
+RateEstimate = collections.namedtuple("RateEstimate", ["model_bits", "table_bits", "overhead_bits"])
+RateEstimate.__doc__ = """Predicted size of an image's ``.iae`` file, in bits.
+
+model_bits : float
+    The model's own estimate, ``estimate_bpp`` x pixels: float likelihoods of each symbol at
+    its exact predicted scale (what training minimises).
+table_bits : float
+    Information content of the same symbols under the integer tables the coder actually uses
+    (each scale rounded up to one of the 64 table scales, 16-bit frequencies, escapes).
+    The range coder spends this plus at most a few 32-bit words per section.
+overhead_bits : int
+    Header, section lengths, section shape prefixes and checksum: exact.
+"""
+
+
+# ------------------------------------------------------------------------------- session
+
+
+class CodecSession:
+    """What encoding and decoding need from one model, prepared once per loaded model.
+
+    Parameters
+    ----------
+    model : HyperpriorCodec
+        A built codec model (any dtype policy; a float32 copy is made and used).
+    name : str
+        The name the model is registered under: it is written into every file, and a decoder
+        finds the model by it. 1 to 64 bytes of printable UTF-8.
+    quality : int
+        The model's quality level (0 to 255), written into every file and checked on reading.
+
+    Attributes
+    ----------
+    model : the float32 copy.
+    z_tables : list of int32 arrays, one integer frequency table per channel of z (16 bits,
+        escape last), from ``model.z_pmf_tables``; ``z_offsets`` (int32) the value of each
+        table's first entry.
+    stride : int, image sides are padded to multiples of it.
+    y_factor, z_factor : int, downsampling of y and z relative to the padded image.
+
+    Examples
+    --------
+    >>> from imageae.models.codec import build_codec
+    >>> session = CodecSession(build_codec(num_filters=8, num_latent=12), "demo", 3)
+    >>> image = np.zeros((20, 30, 3), np.uint8)
+    >>> decompress_bytes(make_session_lookup(session), compress_array(session, image)).shape
+    (20, 30, 3)
+    """
+
+    def __init__(self, model, name, quality):
+        from imageae.runtime import with_precision
+
+        try:  # the container's own check of what a header may hold
+            pack(IaeHeader(name, quality, 1, 1, "rgb", BIT_DEPTH), [b""])
+        except ValueError as error:
+            raise ValueError(f"cannot make a codec session: {error}") from None
+        self.name = name
+        self.quality = quality
+        self.model = with_precision(model, "float32", copy=True)
+        self.channels = int(self.model.channels)
+        self.stride = int(self.model.stride)
+        pmf, offsets, lengths = self.model.z_pmf_tables(Z_MAX_SUPPORT)
+        self.z_tables = quantize_pmf_tables(pmf, lengths)
+        for table in self.z_tables:
+            table.flags.writeable = False
+        self.z_offsets = np.asarray(offsets, np.int32)
+        self.z_offsets.flags.writeable = False
+        # Latent sizes measured once on a stride x stride image, rather than assumed.
+        probe = np.zeros((1, self.stride, self.stride, self.channels), np.float32)
+        y = self.model.analyze(probe)
+        z = self.model.hyper(y)
+        self.y_factor = self.stride // int(y.shape[1])
+        self.z_factor = self.stride // int(z.shape[1])
+        self.y_channels = int(y.shape[-1])
+        self.z_channels = int(z.shape[-1])
+        if len(self.z_tables) != self.z_channels:
+            raise ValueError(f"model has {self.z_channels} hyper-latent channels but {len(self.z_tables)} tables")
+
+    def __repr__(self):
+        return (f"CodecSession(name={self.name!r}, quality={self.quality}, channels={self.channels}, "
+                f"stride={self.stride})")
+
+    def latent_shapes(self, height, width):
+        """Shapes of (z_symbols, y_symbols) for an image of ``height`` x ``width`` pixels."""
+        padded_h = -(-int(height) // self.stride) * self.stride
+        padded_w = -(-int(width) // self.stride) * self.stride
+        return (
+            (padded_h // self.z_factor, padded_w // self.z_factor, self.z_channels),
+            (padded_h // self.y_factor, padded_w // self.y_factor, self.y_channels),
+        )
+
+
+def make_session_lookup(*sessions):
+    """A callable ``model name -> CodecSession`` over ``sessions``, for :func:`decompress_bytes`.
+
+    An unknown name raises :class:`UnknownModelError` naming the model and the installed ones.
+    """
+    by_name = {}
+    for session in sessions:
+        if not isinstance(session, CodecSession):
+            raise TypeError(f"expected CodecSession objects, got {type(session).__name__}")
+        if session.name in by_name:
+            raise ValueError(f"two sessions are named {session.name!r}")
+        by_name[session.name] = session
+
+    def lookup(name):
+        try:
+            return by_name[name]
+        except KeyError:
+            installed = ", ".join(sorted(by_name)) or "none"
+            raise UnknownModelError(
+                f"file was written by model {name!r}, which is not installed (installed codec models: {installed})"
+            ) from None
+
+    return lookup
+
+
+# ------------------------------------------------------------------------------- encoding
+
+
+def _check_image(session, image):
+    """(H, W, C) uint8 view of ``image`` and its colour mode; ValueError saying what is wrong."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array (H, W) or (H, W, C), got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    elif image.ndim != 3:
+        raise ValueError(f"image must have shape (H, W) or (H, W, C), got {image.ndim} dimensions {image.shape}")
+    channels = image.shape[-1]
+    if channels in (2, 4):
+        raise ValueError(
+            f"image has {channels} channels (colour plus alpha): alpha is not stored by the codec; "
+            "drop it (image[..., :-1]) or use PNG"
+        )
+    if channels not in (1, 3):
+        raise ValueError(f"image must have 1 (grey) or 3 (RGB) channels, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        advice = (
+            "16-bit images are not stored by the codec; reduce to 8 bits first (image >> 8)"
+            if image.dtype == np.uint16
+            else "convert to uint8 first, e.g. np.round(x * 255).astype(np.uint8) for floats in 0..1"
+        )
+        raise ValueError(f"image must be uint8, got dtype {image.dtype}: {advice}")
+    height, width = image.shape[:2]
+    if height < 1 or width < 1:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    if channels == 3 and session.channels == 1:
+        raise ValueError(f"model {session.name!r} codes grey images only, got an RGB image {image.shape}")
+    if session.channels not in (1, 3):
+        raise ValueError(f"model {session.name!r} has {session.channels} channels; the codec needs 1 or 3")
+    return image, ("grey" if channels == 1 else "rgb")
+
+
+def analyze_image(session, image):
+    """The latents :func:`compress_array` stores for ``image`` (see :class:`CodecLatents`).
+
+    ``image`` is validated as by :func:`compress_array`.
+    """
+    image, _ = _check_image(session, image)
+    return _analyze(session, image)
+
+
+def _model_input(session, image):
+    """Float32 (1, H_pad, W_pad, model channels) on 0..1, grey replicated for an RGB model."""
+    if image.shape[-1] != session.channels:
+        image = np.repeat(image, session.channels, axis=-1)
+    x = pad_to_multiple(image, session.stride).astype(np.float32) / np.float32(255.0)
+    return x[None]
+
+
+def _analyze(session, image):
+    model = session.model
+    y = model.analyze(_model_input(session, image))
+    z = model.hyper(y)
+    if not (np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(z)))):
+        raise ValueError(f"model {session.name!r} produced non-finite latents for this image")
+    if np.abs(np.asarray(z)).max() >= _INT32_LIMIT:
+        raise ValueError(f"model {session.name!r} produced hyper-latents beyond int32")
+    z_symbols = np.asarray(model.quantize_latents(z), np.int32)
+    # From the integers, as the decoder will: the scale indexes must match bit for bit.
+    scales, means = _scales_means(session, z_symbols)
+    if np.isnan(scales).any():
+        raise ValueError(f"model {session.name!r} produced NaN scales for this image")
+    residuals = np.asarray(y, np.float32) - means
+    if not np.all(np.abs(residuals) < _INT32_LIMIT):
+        raise ValueError(f"model {session.name!r} produced latents beyond int32")
+    y_symbols = np.asarray(model.quantize_latents(y, means[None]), np.int32)[0]
+    return CodecLatents(z_symbols[0], y_symbols, scale_indexes(scales), means)
+
+
+def _scales_means(session, z_symbols):
+    """float32 (scales, means) of y from int32 z symbols (1, h, w, C), batch axis dropped."""
+    model = session.model
+    scales, means = model.y_scales_means(model.dequantize_latents(z_symbols))
+    return np.asarray(scales, np.float32)[0], np.asarray(means, np.float32)[0]
+
+
+def _header(session, image, colour_mode):
+    return IaeHeader(session.name, session.quality, int(image.shape[0]), int(image.shape[1]), colour_mode, BIT_DEPTH)
+
+
+def compress_array(session, image):
+    """Compress a uint8 image into the bytes of an ``.iae`` file.
+
+    Parameters
+    ----------
+    session : CodecSession
+    image : numpy.ndarray of uint8, shape (H, W), (H, W, 1) or (H, W, 3)
+        Grey or RGB, any size from 1 x 1 up to 65536 x 65536.
+
+    Returns
+    -------
+    bytes
+        A complete ``.iae`` file (format version, model name, quality, size, colour mode,
+        8 bits, the two latent sections, CRC-32).
+
+    Raises
+    ------
+    ValueError
+        For a dtype other than uint8 (16-bit images are refused, not reduced), an alpha channel,
+        a shape that is not an image, or an image too large for the format.
+    TypeError
+        If ``image`` is not a numpy array.
+    """
+    image, colour_mode = _check_image(session, image)
+    header = _header(session, image, colour_mode)
+    pack(header, [b""])  # refuses sizes the format cannot hold before any model work
+    latents = _analyze(session, image)
+    side = encode_factorized(latents.z_symbols, session.z_tables, session.z_offsets)
+    main = encode_gaussian(latents.y_symbols, latents.scale_indexes)
+    return pack(header, [
+        pack_section(latents.z_symbols.shape, side),
+        pack_section(latents.y_symbols.shape, main),
+    ])
+
+
+def estimate_bits(session, image):
+    """Predicted file size of ``image`` in bits, as :class:`RateEstimate`.
+
+    ``model_bits`` is ``model.estimate_bpp`` (on the padded image, per original pixel) times
+    the pixels; ``table_bits`` the information content under the coder's integer tables, which
+    the written streams match to within their final flush; ``overhead_bits`` the container.
+    ``table_bits + overhead_bits`` predicts ``8 * len(compress_array(...))`` to within a few
+    32-bit words; ``model_bits`` is what training optimises and may differ by a few percent
+    (the scale of every symbol is rounded up to one of 64 table scales).
+    """
+    image, colour_mode = _check_image(session, image)
+    height, width = image.shape[:2]
+    model_bpp = session.model.estimate_bpp(_model_input(session, image), num_pixels=height * width)
+    latents = _analyze(session, image)
+    table_bits = estimate_factorized_bits(latents.z_symbols, session.z_tables, session.z_offsets)
+    table_bits += estimate_gaussian_bits(latents.y_symbols, latents.scale_indexes)
+    empty = pack(_header(session, image, colour_mode), [
+        pack_section(latents.z_symbols.shape, b""),
+        pack_section(latents.y_symbols.shape, b""),
+    ])
+    return RateEstimate(float(np.asarray(model_bpp)[0]) * height * width, table_bits, 8 * len(empty))
+
+
+# ------------------------------------------------------------------------------- decoding
+
+
+def read_latents(session_lookup, data):
+    """Parse and entropy-decode an ``.iae`` file without synthesizing the image.
+
+    Returns
+    -------
+    (IaeHeader, CodecSession, CodecLatents)
+
+    Raises
+    ------
+    IaeFormatError, UnknownModelError
+        As :func:`decompress_bytes`.
+    """
+    header, sections = unpack(data)
+    session = session_lookup(header.model_name)
+    if not isinstance(session, CodecSession):
+        raise TypeError(f"session_lookup must return a CodecSession, got {type(session).__name__}")
+    if session.name != header.model_name:
+        raise UnknownModelError(
+            f"file was written by model {header.model_name!r}; session_lookup gave model {session.name!r}"
+        )
+    problems = []
+    if header.quality != session.quality:
+        problems.append(
+            f"it says quality {header.quality}, but the installed {session.name!r} is quality {session.quality} "
+            "(a different model under the same name)"
+        )
+    if header.bit_depth != BIT_DEPTH:
+        problems.append(f"it says {header.bit_depth} bits per sample; {session.name!r} writes only {BIT_DEPTH}")
+    if header.colour_mode == "rgb" and session.channels == 1:
+        problems.append(f"it says RGB, but {session.name!r} codes grey images only")
+    if len(sections) != 2:
+        problems.append(f"it has {len(sections)} sections; {session.name!r} writes 2 (side, main)")
+    if problems:
+        raise IaeFormatError(f"bad .iae file for model {session.name!r}: " + "; ".join(problems))
+    z_shape, y_shape = session.latent_shapes(header.height, header.width)
+    (z_declared, side), (y_declared, main) = (unpack_section(s) for s in sections)
+    for what, declared, expected in (("side", z_declared, z_shape), ("main", y_declared, y_shape)):
+        if tuple(declared) != expected:
+            raise IaeFormatError(
+                f"bad .iae file: the {what} section declares latent shape {tuple(declared)}, but a "
+                f"{header.height}x{header.width} image needs {expected} with model {session.name!r}"
+            )
+    z_symbols = decode_factorized(side, session.z_tables, session.z_offsets, z_shape)
+    scales, means = _scales_means(session, z_symbols[None])
+    if np.isnan(scales).any():
+        raise IaeFormatError("corrupt .iae file: its hyper-latents give the model no valid scale")
+    indexes = scale_indexes(scales)
+    y_symbols = decode_gaussian(main, indexes)
+    return header, session, CodecLatents(z_symbols, y_symbols, indexes, means)
+
+
+def synthesize_image(session, latents, height, width, colour_mode):
+    """uint8 (height, width, 1 or 3) image from decoded latents: crop(g_s(y_symbols + means))."""
+    model = session.model
+    y_hat = model.dequantize_latents(latents.y_symbols[None], latents.means[None])
+    x_hat = np.asarray(model.synthesize(y_hat), np.float32)[0, :height, :width]
+    # A damaged (but checksum-valid) file can drive g_s to NaN: such pixels become 0, not a cast warning.
+    x_hat = np.nan_to_num(x_hat, nan=0.0, posinf=1.0, neginf=0.0)
+    if colour_mode == "grey" and x_hat.shape[-1] != 1:
+        x_hat = x_hat.mean(axis=-1, keepdims=True)
+    return np.round(np.clip(x_hat, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+
+
+def decompress_bytes(session_lookup, data):
+    """Decode the bytes of an ``.iae`` file to the image it was made from.
+
+    Parameters
+    ----------
+    session_lookup : callable
+        ``model name -> CodecSession``, e.g. ``make_session_lookup(session, ...)``; it should raise
+        :class:`UnknownModelError` for a model it does not have.
+    data : bytes-like
+        A whole ``.iae`` file.
+
+    Returns
+    -------
+    numpy.ndarray of uint8, shape (H, W, 1) for grey or (H, W, 3) for RGB
+        The original size and colour mode. (The file does not record whether a grey input
+        was (H, W) or (H, W, 1); grey comes back as (H, W, 1), the layout of
+        :class:`imageae.data.io.DecodedImage`.)
+
+    Raises
+    ------
+    IaeFormatError
+        Anything wrong with the bytes: not an ``.iae`` file, another format version,
+        truncation, a checksum mismatch, a header the model cannot have written, latent shapes
+        that do not match the image size, a corrupt bitstream.
+    UnknownModelError
+        The file names a model ``session_lookup`` does not have.
+    """
+    header, session, latents = read_latents(session_lookup, data)
+    return synthesize_image(session, latents, header.height, header.width, header.colour_mode)
+
+
+__all__ = [
+    "BIT_DEPTH",
+    "CodecLatents",
+    "CodecSession",
+    "RateEstimate",
+    "UnknownModelError",
+    "analyze_image",
+    "compress_array",
+    "decompress_bytes",
+    "estimate_bits",
+    "make_session_lookup",
+    "read_latents",
+    "synthesize_image",
+]
