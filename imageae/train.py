@@ -72,33 +72,42 @@ def random_dihedral(x, rng):
     return x[:, ::-1] if rng.integers(2) else x
 
 
+class RandomCrops(keras.utils.PyDataset):
+    """``steps_per_epoch`` batches of random square crops from in-memory images; batch ``i`` of
+    epoch ``e`` is seeded by (seed, e, i), so a resumed run sees the same data.
+
+    ``augment(crop, rng)`` transforms each crop; uint8 images are scaled to 0..1. Yields
+    ``(x, x)`` when ``paired`` (a target equal to the input, as the denoiser's wrapper adds its
+    noise on the device) and ``(x,)`` otherwise.
+    """
+
+    def __init__(self, images, config, *, channels, augment, paired):
+        super().__init__(workers=config.workers, use_multiprocessing=False)
+        self.images, self.config, self.channels = images, config, channels
+        self.augment, self.paired = augment, paired
+        self.epoch = 0
+
+    def __len__(self):
+        return self.config.steps_per_epoch
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def __getitem__(self, index):
+        config = self.config
+        rng = np.random.default_rng([config.seed, self.epoch, index])
+        p = config.patch_size
+        x = np.empty((config.batch_size, p, p, self.channels), np.float32)
+        for k in range(config.batch_size):
+            img = self.images[int(rng.integers(len(self.images)))]
+            top = int(rng.integers(img.shape[0] - p + 1))
+            left = int(rng.integers(img.shape[1] - p + 1))
+            crop = self.augment(img[top : top + p, left : left + p], rng)
+            x[k] = crop / np.float32(255.0) if crop.dtype == np.uint8 else crop
+        return (x, x) if self.paired else (x,)
+
+
 def _make_patch_dataset(images, config, validation):
-
-    class CleanPatches(keras.utils.PyDataset):
-        """Random clean patches (noise is added on the device by NoiseTrainingWrapper);
-        batch ``i`` of epoch ``e`` is seeded by (seed, e, i)."""
-
-        def __init__(self):
-            super().__init__(workers=config.workers, use_multiprocessing=False)
-            self.epoch = 0
-
-        def __len__(self):
-            return config.steps_per_epoch
-
-        def on_epoch_end(self):
-            self.epoch += 1
-
-        def __getitem__(self, index):
-            rng = np.random.default_rng([config.seed, self.epoch, index])
-            p = config.patch_size
-            clean = np.empty((config.batch_size, p, p, config.channels), np.float32)
-            for k in range(config.batch_size):
-                img = images[int(rng.integers(len(images)))]
-                top = int(rng.integers(img.shape[0] - p + 1))
-                left = int(rng.integers(img.shape[1] - p + 1))
-                clean[k] = random_dihedral(img[top : top + p, left : left + p], rng)
-            return clean, clean
-
     if validation:
         # A fixed set: the centre crop of each held-out image at each validation sigma.
         rng = np.random.default_rng(12345)
@@ -114,7 +123,7 @@ def _make_patch_dataset(images, config, validation):
                 clean.append(crop)
                 noisy.append(crop + rng.standard_normal(crop.shape, dtype=np.float32) * np.float32(sigma / 255.0))
         return np.stack(noisy), np.stack(clean)
-    return CleanPatches()
+    return RandomCrops(images, config, channels=config.channels, augment=random_dihedral, paired=True)
 
 
 def _cosine_schedule(config):
@@ -656,54 +665,9 @@ def _pad_to(image, size):
     return np.pad(image, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="reflect")
 
 
-def _make_codec_dataset(images, config):
-
-    class Crops(keras.utils.PyDataset):
-        """Random ``patch_size`` crops with random horizontal flips (no rotations: photos keep
-        their up); batch ``i`` of epoch ``e`` is seeded by (seed, e, i)."""
-
-        def __init__(self):
-            super().__init__(workers=config.workers, use_multiprocessing=False)
-            self.epoch = 0
-
-        def __len__(self):
-            return config.steps_per_epoch
-
-        def on_epoch_end(self):
-            self.epoch += 1
-
-        def __getitem__(self, index):
-            rng = np.random.default_rng([config.seed, self.epoch, index])
-            p = config.patch_size
-            x = np.empty((config.batch_size, p, p, 3), np.float32)
-            for k in range(config.batch_size):
-                img = images[int(rng.integers(len(images)))]
-                top = int(rng.integers(img.shape[0] - p + 1))
-                left = int(rng.integers(img.shape[1] - p + 1))
-                crop = img[top : top + p, left : left + p]
-                x[k] = (crop[:, ::-1] if rng.integers(2) else crop) / np.float32(255.0)
-            return (x,)
-
-    return Crops()
-
-
-def _load_codec(name_or_path):
-    """A :class:`~imageae.models.codec.HyperpriorCodec` from a .keras path or a registered name."""
-    import imageae.models.codec  # noqa: F401  (registers the classes)
-    from imageae.models.codec import HyperpriorCodec
-
-    path = Path(name_or_path)
-    if path.suffix == ".keras" or path.exists():
-        model = keras.saving.load_model(path, compile=False)
-    else:
-        from imageae.registry import load_model
-
-        model = load_model(name_or_path, job="compress")
-    if not isinstance(model, HyperpriorCodec):
-        # ValueError, as registry.load_model raises for a model of the wrong job: the CLI
-        # reports ValueErrors as usage errors.
-        raise ValueError(f"--init {name_or_path} holds a {type(model).__name__}, not a HyperpriorCodec")  # noqa: TRY004
-    return model
+def _random_hflip(crop, rng):
+    """Photos keep their up: only horizontal flips."""
+    return crop[:, ::-1] if rng.integers(2) else crop
 
 
 def _codec_validation_metrics(model, val):
@@ -750,7 +714,7 @@ def train_codec(config, *, progress=True):
         img[(img.shape[0] - p) // 2 : (img.shape[0] - p) // 2 + p, (img.shape[1] - p) // 2 : (img.shape[1] - p) // 2 + p]
         for img in val_images
     ]).astype(np.float32) / 255.0
-    train_data = _make_codec_dataset(train_images, config)
+    train_data = RandomCrops(train_images, config, channels=3, augment=_random_hflip, paired=False)
 
     epochs = math.ceil(config.steps / config.steps_per_epoch)
     last = checkpoint_dir / "last.keras"
@@ -762,7 +726,9 @@ def train_codec(config, *, progress=True):
         print(f"resuming from {last} at epoch {initial_epoch}")
     else:
         if config.init:
-            source = _load_codec(config.init)
+            from imageae.registry import load_model
+
+            source = load_model(config.init, job="compress")
             for key in ("num_filters", "num_latent", "mean_scale"):
                 if getattr(source, key) != getattr(config, key):
                     raise ValueError(f"--init model has {key}={getattr(source, key)}, the config says "

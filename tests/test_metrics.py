@@ -1,4 +1,5 @@
-"""imageae.metrics: PSNR and SSIM against known values, FID and KID on Gaussians with known distances."""
+"""imageae.metrics: PSNR, SSIM and MS-SSIM against known values, BD-rate on known curves, FID and KID
+on Gaussians with known distances."""
 
 import math
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import smooth_image
-from imageae.metrics import frechet_distance, kernel_distance, psnr, ssim
+from imageae.metrics import bd_rate, frechet_distance, kernel_distance, ms_ssim, psnr, ssim
 
 
 def gaussian(n, mean, std=1.0, seed=0):
@@ -114,3 +115,50 @@ def test_kernel_distance_is_seeded():
     assert kernel_distance(a, b, subsets=5, subset_size=50, seed=3) == kernel_distance(
         a, b, subsets=5, subset_size=50, seed=3
     )
+
+
+# ------------------------------------------------------------------------------------- MS-SSIM
+
+
+def test_ms_ssim_is_one_for_identical_images_and_falls_with_noise():
+    clean = smooth_image(192, 200, channels=3).astype(np.float64)
+    assert ms_ssim(clean, clean) == pytest.approx(1.0, abs=1e-6)
+    rng = np.random.default_rng(0)
+    scores = [ms_ssim(clean, np.clip(clean + rng.normal(0, sigma, clean.shape), 0, 255)) for sigma in (5, 30)]
+    assert 1.0 > scores[0] > scores[1]
+
+
+def test_ms_ssim_refuses_images_too_small_for_five_scales():
+    with pytest.raises(ValueError, match="at least 176x176"):
+        ms_ssim(np.zeros((100, 200, 3)), np.zeros((100, 200, 3)))
+
+
+# ------------------------------------------------------------------------------------- BD-rate
+
+RATES = [0.12, 0.25, 0.5, 0.8, 1.2]
+PSNRS = [25.0, 27.6, 30.4, 32.5, 34.3]
+
+
+def test_bd_rate_of_a_curve_against_itself_is_zero():
+    assert bd_rate(RATES, PSNRS, RATES, PSNRS) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bd_rate_of_a_curve_at_80_percent_of_the_rate_is_minus_20_percent():
+    cheaper = [0.8 * r for r in RATES]
+    assert bd_rate(RATES, PSNRS, cheaper, PSNRS) == pytest.approx(-20.0, abs=1e-6)
+    assert bd_rate(cheaper, PSNRS, RATES, PSNRS) == pytest.approx(25.0, abs=1e-6)
+
+
+def test_bd_rate_uses_only_the_shared_quality_interval():
+    # the test curve covers the upper part only, with other points; its rates are 0.8x there
+    log_fit = np.polyfit(PSNRS, np.log(RATES), 3)
+    quality = [29.0, 31.0, 33.0, 35.0]
+    rates = [0.8 * float(np.exp(np.polyval(log_fit, q))) for q in quality]
+    assert bd_rate(RATES, PSNRS, rates, quality) == pytest.approx(-20.0, abs=0.5)
+
+
+def test_bd_rate_refuses_curves_that_do_not_overlap_or_are_too_short():
+    with pytest.raises(ValueError, match="do not overlap"):
+        bd_rate(RATES, PSNRS, RATES, [p + 20 for p in PSNRS])
+    with pytest.raises(ValueError, match="at least 2 points"):
+        bd_rate(RATES, PSNRS, [0.5], [30.0])
