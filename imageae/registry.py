@@ -123,7 +123,10 @@ def resolve(name_or_path, *, job):
     if path.suffix == ".keras" and path.is_file():
         return path
     names = ", ".join(m.name for m in (list_models(job) if job else MODELS.values()))
-    raise ValueError(f"unknown model '{name_or_path}': give one of {names} or the path of a .keras file")
+    choices = f"give one of {names} or the path of a .keras file" if names else (
+        f"no {job} model ships yet; give the path of a .keras file"
+    )
+    raise ValueError(f"unknown model '{name_or_path}': {choices}")
 
 
 _cache = {}
