@@ -30,12 +30,13 @@ import os
 import platform
 import resource
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "photos" / "BSDS500" / "val"
@@ -567,14 +568,7 @@ def environment():
 
     from imageae.runtime import describe_device
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "imageae"], cwd=REPO, capture_output=True,
-                               text=True).stdout.strip() != ""
-        commit += " (imageae/ has uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (not a git checkout)"
+    commit = git_commit()
     return {
         "device": describe_device(), "platform": platform.platform(), "python": platform.python_version(),
         "tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "pillow": PIL.__version__,

@@ -30,13 +30,14 @@ import platform
 import resource
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from common import git_commit, measure_subprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "denoise"
@@ -318,27 +319,6 @@ def make_speed_folder(folder, cbsd68, count, size=512, sigma=25):
         with Image.open(sources[i % len(sources)]) as image:
             clean = np.asarray(image.convert("RGB").resize((size, size), Image.BICUBIC))
         Image.fromarray(to_uint8(add_noise(clean, sigma, i))).save(folder / f"photo{i:03d}.png")
-
-
-# Runs a command and reports its wall time and peak RSS. It is a separate small process because
-# Linux carries the forking process's peak RSS over into the child's ru_maxrss across exec, so
-# getrusage(RUSAGE_CHILDREN) taken here would report the benchmark's own peak, not the CLI's.
-_MEASURE = """
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-seconds = time.perf_counter() - start
-print(json.dumps({"rc": done.returncode, "seconds": seconds, "stdout": done.stdout, "stderr": done.stderr[-4000:],
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
-"""
-
-
-def measure_subprocess(command, env):
-    """{rc, seconds (wall, start-up included), stdout, stderr, maxrss_kb} of ``command``."""
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"could not measure {command[:3]}: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def speed(args, models, bar):
@@ -751,14 +731,7 @@ def environment():
 
     from imageae.runtime import choose_precision, describe_device
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "imageae"], cwd=REPO, capture_output=True,
-                               text=True).stdout.strip() != ""
-        commit += " (imageae/ has uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown (not a git checkout)"
+    commit = git_commit()
     try:
         from importlib.metadata import version
 

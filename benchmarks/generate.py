@@ -23,7 +23,6 @@ Writes a table (benchmarks/results/generate.md), generate.json and contact sheet
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import git_commit  # noqa: E402
 from imageae.data.arrays import load_image_array  # noqa: E402
 from imageae.generation import contact_sheet, decode_latents, sample_latents  # noqa: E402
 from imageae.metrics import frechet_distance, kernel_distance  # noqa: E402
@@ -232,7 +232,7 @@ def main(argv=None):
 
     from imageae.runtime import describe_device
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = git_commit()
     result = {
         "command": "python benchmarks/generate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": commit, "date": time.strftime("%Y-%m-%d"), "device": describe_device(),

@@ -21,9 +21,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from denoise import measure_subprocess  # noqa: E402  (benchmarks/denoise.py: one way to measure a CLI run)
+from common import measure_subprocess  # noqa: E402
 
 
 def build_folder(folder, big):
@@ -96,7 +95,7 @@ def main(argv=None):
     before = digest(src)
     # Measured through a small wrapper process: RUSAGE_CHILDREN of this process would also count
     # the memory this script used to build the large test photo.
-    run = measure_subprocess([sys.executable, "-m", "imageae.cli", "denoise", str(src), "-o", str(dst)], None)
+    run = measure_subprocess([sys.executable, "-m", "imageae.cli", "denoise", str(src), "-o", str(dst)])
     wall = run["seconds"]
     peak_rss_mb = run["maxrss_kb"] / 1024
     checks = {rel: check_output(src, dst, rel, *spec) for rel, spec in expected.items()}

@@ -84,7 +84,7 @@ def with_precision(model, precision="auto", device="auto", *, copy=False):
     name = choose_precision(device) if precision == "auto" else precision
     if model.dtype_policy.name == name and not copy:
         return model
-    config = {k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")}
+    config = constructor_arguments(model)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(name)
     try:
@@ -94,3 +94,8 @@ def with_precision(model, precision="auto", device="auto", *, copy=False):
         keras.config.set_dtype_policy(previous)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def constructor_arguments(model):
+    """A model's own constructor arguments: its config without Keras's name/trainable/dtype."""
+    return {k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")}

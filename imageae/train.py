@@ -18,6 +18,7 @@ import numpy as np
 
 from imageae.data.io import find_images, read_image
 from imageae.metrics import psnr_metric
+from imageae.runtime import constructor_arguments
 
 
 @dataclasses.dataclass
@@ -216,27 +217,9 @@ def train_denoiser(config, *, progress=True):
             metrics=[psnr_metric],
         )
 
-    class CountSteps(keras.callbacks.Callback):
-        steps = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            CountSteps.steps += 1
-
     previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
-    callbacks = [
-        SaveState(checkpoint_dir, previous_wall),
-        CountSteps(),
-        keras.callbacks.ModelCheckpoint(
-            checkpoint_dir / "best.keras", monitor="val_psnr_metric", mode="max", save_best_only=True,
-            initial_value_threshold=_best_so_far(checkpoint_dir, "val_psnr_metric", max) if config.resume else None,
-        ),
-        keras.callbacks.EarlyStopping(
-            monitor="val_psnr_metric", mode="max", patience=config.patience_epochs, restore_best_weights=True
-        ),
-        keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
-        *_tensorboard(checkpoint_dir),
-        *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
-    ]
+    steps = CountSteps()
+    callbacks = [steps, *_checkpointing_callbacks(config, checkpoint_dir, previous_wall, "val_psnr_metric", "max")]
     start = time.time()
     model.fit(
         train_data,
@@ -248,42 +231,59 @@ def train_denoiser(config, *, progress=True):
         verbose=1 if progress else 2,
     )
     wall = time.time() - start
-    best = checkpoint_dir / "best.keras"
-    if best.exists():
-        model = keras.saving.load_model(best)
-    from imageae.runtime import with_precision
-
-    # Shipped in float32 without optimizer state; inference picks its precision per device.
-    model = with_precision(model.denoiser, "float32", copy=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    model.save(output)
-    plot_history(checkpoint_dir / "history.csv", output.with_suffix(".curve.png"))
-    card = {
-        "name": output.stem,
-        "job": "denoise",
-        "architecture": {
-            "class": "DenoiserUNet",
-            "channels": config.channels,
-            "filters": list(config.filters),
-            "blocks_per_level": config.blocks_per_level,
-            "parameters": int(model.count_params()),
-        },
+    model = _best_float32(model, checkpoint_dir, part=lambda wrapper: wrapper.denoiser)
+    return _ship(model, output, checkpoint_dir, job="denoise", curve_metric=None, card={
         "training": {
             "data": [str(d) for d in config.data],
             "images": len(train_images),
             "validation_images": len(val_images),
             "steps": config.steps,
-            "steps_run_this_run": CountSteps.steps,
+            "steps_run_this_run": steps.steps,
             "batch_size": config.batch_size,
             "patch_size": config.patch_size,
             "noise": f"additive white Gaussian, sigma uniform in [{config.sigma_min}, {config.sigma_max}] (0..255)",
             "precision_policy": policy,
             "wall_time_seconds": round(wall + previous_wall, 1),
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
+            "config": _plain(dataclasses.asdict(config)),
         },
+    })
+
+
+def _plain(mapping):
+    """Tuples as lists, for JSON model cards."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in mapping.items()}
+
+
+def _best_float32(model, checkpoint_dir, part=None):
+    """The best checkpoint (if any) as the shipped model: float32, no optimizer state;
+    inference picks its own precision per device. ``part`` picks the shipped sub-model."""
+    from imageae.runtime import with_precision
+
+    best = Path(checkpoint_dir) / "best.keras"
+    if best.exists():
+        model = keras.saving.load_model(best)
+    return with_precision(part(model) if part else model, "float32", copy=True)
+
+
+def _ship(model, output, checkpoint_dir, *, job, curve_metric, card, architecture=None):
+    """Write the model, its training curve and its card (name, job, architecture, ``card``'s
+    sections, hardware) next to ``output``; returns ``output``."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model.save(output)
+    plot_history(Path(checkpoint_dir) / "history.csv", output.with_suffix(".curve.png"), metric=curve_metric)
+    full = {
+        "name": output.stem,
+        "job": job,
+        "architecture": {
+            "class": type(model).__name__,
+            **_plain(constructor_arguments(model)),
+            **(architecture or {}),
+            "parameters": int(model.count_params()),
+        },
+        **card,
         "hardware": hardware_summary(),
     }
-    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    output.with_suffix(".json").write_text(json.dumps(full, indent=2) + "\n")
     return output
 
 
@@ -315,6 +315,32 @@ class SaveState(keras.callbacks.Callback):
         os.replace(tmp, self.checkpoint_dir / "last.keras")
         state = {"epoch": epoch + 1, "wall_time_seconds": self.previous_wall + time.time() - self.start}
         (self.checkpoint_dir / "state.json").write_text(json.dumps(state))
+
+
+class CountSteps(keras.callbacks.Callback):
+    """Counts the optimizer steps this run takes (for the model card)."""
+
+    steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+def _checkpointing_callbacks(config, checkpoint_dir, previous_wall, monitor, mode):
+    """What every recipe does each epoch: last/best checkpoints (the best-so-far carried over a
+    resume), early stopping on ``monitor``, a CSV history, TensorBoard, the time budget."""
+    checkpoint_dir = Path(checkpoint_dir)
+    best = _best_so_far(checkpoint_dir, monitor, max if mode == "max" else min) if config.resume else None
+    return [
+        SaveState(checkpoint_dir, previous_wall),
+        keras.callbacks.ModelCheckpoint(checkpoint_dir / "best.keras", monitor=monitor, mode=mode,
+                                        save_best_only=True, initial_value_threshold=best),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience_epochs,
+                                      restore_best_weights=True),
+        keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
+        *_tensorboard(checkpoint_dir),
+        *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
+    ]
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -420,7 +446,7 @@ def train_vae(config, *, progress=True):
     from imageae.data.arrays import load_image_array
     from imageae.generation import contact_sheet, decode_latents, encode_images, fit_mixture
     from imageae.models.vae import build_vae
-    from imageae.runtime import set_precision, with_precision
+    from imageae.runtime import set_precision
 
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
@@ -487,26 +513,12 @@ def train_vae(config, *, progress=True):
             )
 
     previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
-    callbacks = [
-        SaveState(checkpoint_dir, previous_wall),
-        SampleGrid(),
-        keras.callbacks.ModelCheckpoint(
-            checkpoint_dir / "best.keras", monitor="val_neg_elbo", mode="min", save_best_only=True,
-            initial_value_threshold=_best_so_far(checkpoint_dir, "val_neg_elbo", min) if config.resume else None,
-        ),
-        keras.callbacks.EarlyStopping(monitor="val_neg_elbo", mode="min", patience=config.patience_epochs,
-                                      restore_best_weights=True),
-        keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
-        *_tensorboard(checkpoint_dir),
-        *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
-    ]
+    callbacks = [SampleGrid(), *_checkpointing_callbacks(config, checkpoint_dir, previous_wall, "val_neg_elbo", "min")]
     start = time.time()
     model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(val,),
               validation_batch_size=256, callbacks=callbacks, verbose=1 if progress else 2)
     wall = time.time() - start
-    if (checkpoint_dir / "best.keras").exists():
-        model = keras.saving.load_model(checkpoint_dir / "best.keras")
-    model = with_precision(model, "float32", copy=True)
+    model = _best_float32(model, checkpoint_dir)
 
     # Ex-post density estimation: a Gaussian mixture over the training set's posterior means.
     latents = encode_images(model, train)
@@ -521,18 +533,7 @@ def train_vae(config, *, progress=True):
         nll.append(np.asarray(a))
         kl.append(np.asarray(b))
     nll, kl = np.concatenate(nll), np.concatenate(kl)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    model.save(output)
-    plot_history(checkpoint_dir / "history.csv", output.with_suffix(".curve.png"), metric="val_neg_elbo")
-    card = {
-        "name": output.stem,
-        "job": "generate",
-        "architecture": {
-            "class": "ConvVAE",
-            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in model.get_config().items()
-               if k not in ("name", "trainable", "dtype")},
-            "parameters": int(model.count_params()),
-        },
+    return _ship(model, output, checkpoint_dir, job="generate", curve_metric="val_neg_elbo", card={
         "training": {
             "data": [str(d) for d in config.data],
             "images": int(len(train)),
@@ -543,17 +544,14 @@ def train_vae(config, *, progress=True):
             "batch_size": config.batch_size,
             "precision_policy": policy,
             "wall_time_seconds": round(wall + previous_wall, 1),
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
+            "config": _plain(dataclasses.asdict(config)),
         },
         "metrics": {
             "validation_negative_elbo_nats": round(float(np.mean(nll + kl)), 3),
             "validation_reconstruction_nll_nats": round(float(np.mean(nll)), 3),
             "validation_kl_nats": round(float(np.mean(kl)), 3),
         },
-        "hardware": hardware_summary(),
-    }
-    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return output
+    })
 
 
 def train_digit_classifier(images, labels, output, *, epochs=8, validation=2000, seed=0):
@@ -694,7 +692,7 @@ def train_codec(config, *, progress=True):
     entropy coder would reach on the held-out crops. Returns the path of the written model.
     """
     from imageae.models.codec import HyperpriorCodec, build_codec
-    from imageae.runtime import set_precision, with_precision
+    from imageae.runtime import set_precision
 
     lmbda = config.resolved_lmbda()
     policy = set_precision(config.precision)
@@ -733,7 +731,7 @@ def train_codec(config, *, progress=True):
                 if getattr(source, key) != getattr(config, key):
                     raise ValueError(f"--init model has {key}={getattr(source, key)}, the config says "
                                      f"{getattr(config, key)}: make them agree")
-            arguments = {k: v for k, v in source.get_config().items() if k not in ("name", "trainable", "dtype")}
+            arguments = constructor_arguments(source)
             model = HyperpriorCodec.from_config({**arguments, "lmbda": lmbda, "seed": config.seed})
             model.build((None, None, None, 3))
             model.set_weights(source.get_weights())
@@ -741,49 +739,22 @@ def train_codec(config, *, progress=True):
             model = build_codec(config.num_filters, config.num_latent, config.mean_scale, lmbda, seed=config.seed)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm))
 
-    class CountSteps(keras.callbacks.Callback):
-        steps = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            CountSteps.steps += 1
-
     previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
+    steps = CountSteps()
     callbacks = [
-        SaveState(checkpoint_dir, previous_wall),
-        CountSteps(),
-        keras.callbacks.ModelCheckpoint(
-            checkpoint_dir / "best.keras", monitor="val_loss", mode="min", save_best_only=True,
-            initial_value_threshold=_best_so_far(checkpoint_dir, "val_loss", min) if config.resume else None,
-        ),
+        steps,
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.5,
                                           patience=config.lr_patience_epochs, min_lr=config.min_learning_rate),
-        keras.callbacks.EarlyStopping(monitor="val_loss", mode="min", patience=config.patience_epochs,
-                                      restore_best_weights=True),
-        keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
-        *_tensorboard(checkpoint_dir),
-        *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
+        *_checkpointing_callbacks(config, checkpoint_dir, previous_wall, "val_loss", "min"),
     ]
     start = time.time()
     model.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, validation_data=(val,),
               validation_batch_size=4, callbacks=callbacks, verbose=1 if progress else 2)
     wall = time.time() - start
-    if (checkpoint_dir / "best.keras").exists():
-        model = keras.saving.load_model(checkpoint_dir / "best.keras")
-    # Shipped in float32 without optimizer state; inference picks its precision per device.
-    model = with_precision(model, "float32", copy=True)
+    model = _best_float32(model, checkpoint_dir)
     val_bpp, val_psnr = _codec_validation_metrics(model, val)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    model.save(output)
-    plot_history(checkpoint_dir / "history.csv", output.with_suffix(".curve.png"), metric="val_psnr")
-    card = {
-        "name": output.stem,
-        "job": "compress",
-        "architecture": {
-            "class": "HyperpriorCodec",
-            **{k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")},
-            "stride": model.stride,
-            "parameters": int(model.count_params()),
-        },
+    return _ship(model, output, checkpoint_dir, job="compress", curve_metric="val_psnr",
+                 architecture={"stride": model.stride}, card={
         "rate_distortion": {
             "quality": config.quality if not config.lmbda else None,
             "lmbda": lmbda,
@@ -795,21 +766,18 @@ def train_codec(config, *, progress=True):
             "images": len(train_images),
             "validation_images": len(val_images),
             "steps": config.steps,
-            "steps_run_this_run": CountSteps.steps,
+            "steps_run_this_run": steps.steps,
             "batch_size": config.batch_size,
             "patch_size": config.patch_size,
             "augmentation": "random crops, random horizontal flips",
             "quantization_proxy": "additive uniform noise U(-0.5, 0.5) on y and z",
             "precision_policy": policy,
             "wall_time_seconds": round(wall + previous_wall, 1),
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
+            "config": _plain(dataclasses.asdict(config)),
         },
         "metrics": {
             "validation": f"{len(val)} centre crops {p}x{p}, hard rounding",
             "validation_bpp_estimate": round(val_bpp, 4),
             "validation_psnr_db": round(val_psnr, 3),
         },
-        "hardware": hardware_summary(),
-    }
-    output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return output
+    })

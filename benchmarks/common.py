@@ -1,0 +1,42 @@
+"""Helpers shared by the benchmark scripts (run as `python benchmarks/NAME.py`, which puts this
+folder on sys.path)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit():
+    """The checkout's short commit, marked when imageae/ has uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "imageae"], cwd=REPO, capture_output=True,
+                               text=True).stdout.strip() != ""
+        return commit + (" (imageae/ has uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+# Runs a command and reports its wall time and peak RSS. It is a separate small process because
+# Linux carries the forking process's peak RSS over into the child's ru_maxrss across exec, so
+# getrusage(RUSAGE_CHILDREN) taken by a benchmark would report the benchmark's own peak.
+_MEASURE = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+seconds = time.perf_counter() - start
+print(json.dumps({"rc": done.returncode, "seconds": seconds, "stdout": done.stdout, "stderr": done.stderr[-4000:],
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
+"""
+
+
+def measure_subprocess(command, env=None):
+    """{rc, seconds (wall, start-up included), stdout, stderr, maxrss_kb} of ``command``."""
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not measure {command[:3]}: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
