@@ -614,19 +614,20 @@ class CodecTrainConfig:
 
     data: list
     output: str
-    quality: int = 4  # 1..8: picks the published lmbda (QUALITY_LAMBDAS) unless lmbda is given
-    lmbda: float = 0.0  # loss = bpp + lmbda * 255^2 * MSE(0..1 images); 0: the quality's lambda
+    # Rate-distortion trade-off of each quality, increasing (loss = bpp + lmbda * 255^2 * MSE on
+    # 0..1 images); one value: a single-rate model. Default: the published lambdas of qualities 1..6.
+    lambdas: tuple = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483)
     num_filters: int = 128
     num_latent: int = 192
     mean_scale: bool = True
-    init: str = ""  # a codec model name or .keras path (e.g. another quality) to start from
+    init: str = ""  # a codec model name or .keras path to start from (same architecture and qualities)
     patch_size: int = 256
     batch_size: int = 8
     steps: int = 100000
     steps_per_epoch: int = 500
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # peak of the cosine schedule
+    warmup_steps: int = 500
     min_learning_rate: float = 1e-6
-    lr_patience_epochs: int = 4  # halve the learning rate after this many epochs without a better val_loss
     clipnorm: float = 1.0
     validation_fraction: float = 0.05
     patience_epochs: int = 12
@@ -636,11 +637,6 @@ class CodecTrainConfig:
     seed: int = 0
     workers: int = 1  # threads cutting patches
     max_seconds: float = 0.0  # stop after this much training time (0: no limit)
-
-    def resolved_lmbda(self):
-        from imageae.models.codec import lambda_for_quality
-
-        return float(self.lmbda) if self.lmbda else lambda_for_quality(self.quality)
 
 
 def _load_rgb_uint8(inputs):
@@ -669,16 +665,21 @@ def _random_hflip(crop, rng):
 
 
 def _codec_validation_metrics(model, val):
-    """Mean estimated bpp and PSNR (of the uint8-rounded reconstruction) with hard rounding."""
+    """Per quality, the mean estimated bpp and PSNR (of the uint8-rounded reconstruction) of the
+    validation crops with hard rounding: two lists, index quality - 1."""
     bpp, psnr = [], []
-    for i in range(0, len(val), 4):
-        batch = val[i : i + 4]
-        out = model(batch, training=False)
-        bpp.append(np.asarray(model.estimate_bpp(batch)))
-        x_hat = np.round(np.clip(np.asarray(out["x_hat"]), 0.0, 1.0) * 255.0)
-        mse = np.mean((x_hat - np.round(batch * 255.0)) ** 2, axis=(1, 2, 3))
-        psnr.append(10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))
-    return float(np.mean(np.concatenate(bpp))), float(np.mean(np.concatenate(psnr)))
+    for quality in range(1, model.num_qualities + 1):
+        rates, psnrs = [], []
+        for i in range(0, len(val), 4):
+            batch = val[i : i + 4]
+            out = model(batch, training=False, quality=quality)
+            rates.append(np.asarray(model.bits_per_image(out)) / (batch.shape[1] * batch.shape[2]))
+            x_hat = np.round(np.clip(np.asarray(out["x_hat"]), 0.0, 1.0) * 255.0)
+            mse = np.mean((x_hat - np.round(batch * 255.0)) ** 2, axis=(1, 2, 3))
+            psnrs.append(10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-10)))
+        bpp.append(float(np.mean(np.concatenate(rates))))
+        psnr.append(float(np.mean(np.concatenate(psnrs))))
+    return bpp, psnr
 
 
 @_restoring_dtype_policy
@@ -688,15 +689,18 @@ def train_codec(config, *, progress=True):
 
     The rate-distortion loss is ``bpp + lmbda * 255^2 * MSE`` with images on the 0..1 scale
     (MSE on the 0..255 scale, the convention of the published lambdas 0.0018 ... 0.18 for
-    qualities 1 ... 8). Validation uses hard rounding, so ``val_bpp`` is the rate an ideal
-    entropy coder would reach on the held-out crops. Returns the path of the written model.
+    qualities 1 ... 8). With several lambdas the model is variable-rate: each training crop
+    draws a quality, and validation codes every held-out crop at every quality. Validation
+    uses hard rounding, so ``val_bpp`` is the rate an ideal entropy coder would reach on the
+    held-out crops. The learning rate warms up linearly and then follows a cosine to
+    ``min_learning_rate`` over ``steps``. Returns the path of the written model.
     """
     from imageae.models.codec import HyperpriorCodec, build_codec
     from imageae.runtime import set_precision
 
-    lmbda = config.resolved_lmbda()
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
+    lambdas = tuple(float(v) for v in config.lambdas)
     output = Path(config.output)
     checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -712,6 +716,9 @@ def train_codec(config, *, progress=True):
         img[(img.shape[0] - p) // 2 : (img.shape[0] - p) // 2 + p, (img.shape[1] - p) // 2 : (img.shape[1] - p) // 2 + p]
         for img in val_images
     ]).astype(np.float32) / 255.0
+    # Each crop once per quality, in batches of num_qualities: inference without a quality
+    # codes batch position i at quality i % num_qualities + 1, so val_loss covers every rate.
+    val_repeated = np.repeat(val, len(lambdas), axis=0)
     train_data = RandomCrops(train_images, config, channels=3, augment=_random_hflip, paired=False)
 
     epochs = math.ceil(config.steps / config.steps_per_epoch)
@@ -731,34 +738,34 @@ def train_codec(config, *, progress=True):
                 if getattr(source, key) != getattr(config, key):
                     raise ValueError(f"--init model has {key}={getattr(source, key)}, the config says "
                                      f"{getattr(config, key)}: make them agree")
+            if source.num_qualities != len(lambdas):
+                raise ValueError(f"--init model has {source.num_qualities} qualities, the config "
+                                 f"{len(lambdas)} lambdas: make them agree")
             arguments = constructor_arguments(source)
-            model = HyperpriorCodec.from_config({**arguments, "lmbda": lmbda, "seed": config.seed})
+            model = HyperpriorCodec.from_config({**arguments, "lambdas": lambdas, "seed": config.seed})
             model.build((None, None, None, 3))
             model.set_weights(source.get_weights())
         else:
-            model = build_codec(config.num_filters, config.num_latent, config.mean_scale, lmbda, seed=config.seed)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=config.clipnorm))
+            model = build_codec(config.num_filters, config.num_latent, config.mean_scale, lambdas, seed=config.seed)
+        model.compile(optimizer=keras.optimizers.Adam(_cosine_schedule(config), clipnorm=config.clipnorm))
 
     previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     steps = CountSteps()
-    callbacks = [
-        steps,
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", mode="min", factor=0.5,
-                                          patience=config.lr_patience_epochs, min_lr=config.min_learning_rate),
-        *_checkpointing_callbacks(config, checkpoint_dir, previous_wall, "val_loss", "min"),
-    ]
+    callbacks = [steps, *_checkpointing_callbacks(config, checkpoint_dir, previous_wall, "val_loss", "min")]
     start = time.time()
-    model.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, validation_data=(val,),
-              validation_batch_size=4, callbacks=callbacks, verbose=1 if progress else 2)
+    model.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, validation_data=(val_repeated,),
+              validation_batch_size=len(lambdas), callbacks=callbacks, verbose=1 if progress else 2)
     wall = time.time() - start
     model = _best_float32(model, checkpoint_dir)
     val_bpp, val_psnr = _codec_validation_metrics(model, val)
     return _ship(model, output, checkpoint_dir, job="compress", curve_metric="val_psnr",
                  architecture={"stride": model.stride}, card={
         "rate_distortion": {
-            "quality": config.quality if not config.lmbda else None,
-            "lmbda": lmbda,
-            "loss": "bpp + lmbda * 255^2 * MSE, images on the 0..1 scale (MSE on 0..255)",
+            "qualities": len(lambdas),
+            "lambdas": list(lambdas),
+            "loss": "bpp + lambdas[quality - 1] * 255^2 * MSE, images on the 0..1 scale (MSE on 0..255)",
+            "variable_rate": "gain units (Cui et al. 2021), one quality drawn per training crop"
+            if len(lambdas) > 1 else None,
         },
         "training": {
             "data": [str(d) for d in config.data],
@@ -777,7 +784,7 @@ def train_codec(config, *, progress=True):
         },
         "metrics": {
             "validation": f"{len(val)} centre crops {p}x{p}, hard rounding",
-            "validation_bpp_estimate": round(val_bpp, 4),
-            "validation_psnr_db": round(val_psnr, 3),
+            "validation_bpp_estimate_by_quality": [round(v, 4) for v in val_bpp],
+            "validation_psnr_db_by_quality": [round(v, 3) for v in val_psnr],
         },
     })

@@ -9,6 +9,12 @@ variant (Minnen et al. 2018).
                                symbols coded with N(0, scales^2) convolved with U(-1/2, 1/2)
     x_hat = g_s(y_hat)         synthesis: four 5x5 stride-2 transposed convolutions with IGDN
 
+One model can code at several qualities (variable rate with gain units, Cui et al. 2021): with
+Q lambdas, quality q in 1..Q scales y channel-wise by a learned gain before rounding and by a
+learned inverse gain before synthesis (and z likewise, before its rounding and before h_s), so
+one set of transforms and entropy models serves every rate. Training draws a quality per image
+and weights its distortion with that quality's lambda.
+
 Training replaces rounding by additive uniform noise (``keras.random`` from a
 ``SeedGenerator``), and minimises the rate-distortion loss
 
@@ -16,7 +22,7 @@ Training replaces rounding by additive uniform noise (``keras.random`` from a
 
 with ``x`` on the 0..1 scale: the distortion is the MSE on the 0..255 scale, which is the
 convention of CompressAI and of the published lambdas, 0.0018 ... 0.18 for qualities 1 ... 8
-(:data:`QUALITY_LAMBDAS`). bpp is the negative log2-likelihood of y and z per image pixel.
+(:data:`QUALITY_LAMBDAS`; the shipped variable-rate codec uses those of qualities 1...6). bpp is the negative log2-likelihood of y and z per image pixel.
 
 The entropy models (the factorized prior of z, the Gaussian conditional of y), the
 likelihoods and the loss are float32 under every dtype policy; so are y, z, scales and means
@@ -30,6 +36,8 @@ This module does no entropy coding: :mod:`imageae.codec` turns ``symbols``, ``z_
 
 References
 ----------
+Z. Cui, J. Wang, S. Gao, T. Guo, Y. Feng, B. Bai, "Asymmetric gained deep image compression with
+continuous rate adaptation", CVPR 2021 (the gain units).
 J. Balle, D. Minnen, S. Singh, S. J. Hwang, N. Johnston, "Variational image compression with a
 scale hyperprior", ICLR 2018 (the factorized density: appendix 6.1).
 D. Minnen, J. Balle, G. Toderici, "Joint autoregressive and hierarchical priors for learned
@@ -268,12 +276,14 @@ def gaussian_pmf_tables(scales, max_support=4096, *, tail_mass=1e-9):
 
 @keras.saving.register_keras_serializable(package="imageae")
 class HyperpriorCodec(keras.Model):
-    """Scale hyperprior (Balle 2018) or mean-scale hyperprior (Minnen 2018) image codec model.
+    """Scale hyperprior (Balle 2018) or mean-scale hyperprior (Minnen 2018) image codec model,
+    at one quality or at several (gain units, Cui 2021).
 
     Calling the model on a float image batch (N, H, W, channels) on the 0..1 scale, with H
     and W multiples of :attr:`stride`, returns a dict: ``x_hat`` (unclipped reconstruction),
-    ``y_likelihoods`` (N, H/16, W/16, num_latent) and ``z_likelihoods`` (N, H/64, W/64,
-    num_filters), all float32. ``training=True`` adds uniform noise in place of rounding.
+    ``y_likelihoods`` (N, H/16, W/16, num_latent), ``z_likelihoods`` (N, H/64, W/64,
+    num_filters), all float32, and ``quality`` (int32 (N,), the quality each image was coded
+    at). ``training=True`` adds uniform noise in place of rounding.
 
     Parameters
     ----------
@@ -284,38 +294,49 @@ class HyperpriorCodec(keras.Model):
     mean_scale : bool
         True: h_a sees y and h_s predicts means and scales (Minnen 2018, leaky ReLUs).
         False: h_a sees |y| and h_s predicts scales only (Balle 2018, ReLUs).
-    lmbda : float
-        Rate-distortion trade-off: ``loss = bpp + lmbda * 255^2 * MSE`` (MSE on 0..1 images).
-        :data:`QUALITY_LAMBDAS` lists the published values for qualities 1..8.
+    lambdas : sequence of float
+        The rate-distortion trade-off of each quality, increasing: quality q (1-based) trains
+        with ``loss = bpp + lambdas[q-1] * 255^2 * MSE`` (MSE on 0..1 images).
+        :data:`QUALITY_LAMBDAS` lists the published values for single-rate models 1..8.
+        One lambda: a single-rate model (no gains); more: a variable-rate model.
     distortion : str
         "mse" (the only one so far).
     channels : int
         Image channels (3 for RGB).
     seed : int
-        Seed of the training noise.
+        Seed of the training noise and of the qualities drawn in training.
 
     Examples
     --------
     >>> import numpy as np
-    >>> model = build_codec(num_filters=8, num_latent=12)
+    >>> model = build_codec(num_filters=8, num_latent=12, lambdas=(0.0035, 0.013, 0.0483))
     >>> x = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
-    >>> out = model(x)
+    >>> out = model(x, quality=3)
     >>> tuple(out["x_hat"].shape), tuple(out["y_likelihoods"].shape), tuple(out["z_likelihoods"].shape)
     ((1, 64, 64, 3), (1, 4, 4, 12), (1, 1, 1, 8))
+    >>> model.num_qualities
+    3
     """
 
-    def __init__(self, num_filters=128, num_latent=192, mean_scale=True, lmbda=0.0130, distortion="mse",
+    def __init__(self, num_filters=128, num_latent=192, mean_scale=True, lambdas=(0.0130,), distortion="mse",
                  channels=3, seed=0, **kwargs):
         super().__init__(**kwargs)
         if distortion not in DISTORTIONS:
             raise ValueError(f"distortion must be one of {DISTORTIONS}, got {distortion!r}")
-        if lmbda <= 0:
-            raise ValueError(f"lmbda must be positive (published: {QUALITY_LAMBDAS[0]} ... {QUALITY_LAMBDAS[-1]}), "
-                             f"got {lmbda}")
+        if isinstance(lambdas, (int, float)):
+            lambdas = (lambdas,)
+        lambdas = tuple(float(v) for v in lambdas)
+        if not lambdas or any(not v > 0 for v in lambdas):
+            raise ValueError(f"lambdas must be positive (published: {QUALITY_LAMBDAS[0]} ... {QUALITY_LAMBDAS[-1]}), "
+                             f"got {lambdas}")
+        if any(b <= a for a, b in zip(lambdas, lambdas[1:])):
+            raise ValueError(f"lambdas must increase with quality, got {lambdas}")
+        if len(lambdas) > 255:
+            raise ValueError(f"at most 255 qualities (a file stores the quality in one byte), got {len(lambdas)}")
         self.num_filters = int(num_filters)
         self.num_latent = int(num_latent)
         self.mean_scale = bool(mean_scale)
-        self.lmbda = float(lmbda)
+        self.lambdas = lambdas
         self.distortion = distortion
         self.channels = int(channels)
         self.seed = int(seed)
@@ -381,12 +402,59 @@ class HyperpriorCodec(keras.Model):
         build_stack(self.h_a, self.num_latent)
         build_stack(self.h_s, self.num_filters)
         self.entropy_bottleneck.build((None, None, None, self.num_filters))
+        if self.num_qualities > 1:
+            # Log-gains (always positive gains). y's start at sqrt(lambda / geometric mean): at
+            # high rate the quantization step that balances MSE against bits goes as
+            # 1/sqrt(lambda), so each quality starts near its own step size.
+            log_lambdas = np.log(np.asarray(self.lambdas))
+            start = (0.5 * (log_lambdas - log_lambdas.mean()))[:, None].repeat(self.num_latent, axis=1)
+            q, m, n = self.num_qualities, self.num_latent, self.num_filters
+            self.log_gains = self.add_weight(shape=(q, m), initializer=keras.initializers.Constant(start),
+                                             name="log_gains", dtype="float32")
+            self.log_inverse_gains = self.add_weight(shape=(q, m), initializer=keras.initializers.Constant(-start),
+                                                     name="log_inverse_gains", dtype="float32")
+            self.log_hyper_gains = self.add_weight(shape=(q, n), initializer="zeros", name="log_hyper_gains",
+                                                   dtype="float32")
+            self.log_hyper_inverse_gains = self.add_weight(shape=(q, n), initializer="zeros",
+                                                           name="log_hyper_inverse_gains", dtype="float32")
         self.built = True
 
     @property
     def stride(self):
         """Height and width of inputs must be multiples of this (16 for y, 4 more for z)."""
         return 64
+
+    @property
+    def num_qualities(self):
+        """Qualities this model codes at: 1 .. num_qualities."""
+        return len(self.lambdas)
+
+    # --- qualities -----------------------------------------------------------------------------
+    def check_quality(self, quality):
+        """``quality`` as an int in 1..num_qualities; ValueError naming the range otherwise."""
+        if isinstance(quality, (bool, np.bool_)) or not isinstance(quality, (int, np.integer)):
+            raise ValueError(f"quality must be an integer 1..{self.num_qualities}, got {quality!r}")
+        if not 1 <= int(quality) <= self.num_qualities:
+            raise ValueError(f"quality must be 1..{self.num_qualities} for this model, got {quality}")
+        return int(quality)
+
+    def _qualities(self, quality, batch):
+        """int32 (batch,) 1-based qualities from an int or an (batch,) integer tensor."""
+        if quality is None:
+            if self.num_qualities == 1:
+                return ops.ones((batch,), "int32")
+            raise ValueError(f"this model codes at qualities 1..{self.num_qualities}: pass quality=")
+        if isinstance(quality, (int, np.integer, bool, np.bool_)):
+            return ops.full((batch,), self.check_quality(quality), "int32")
+        return ops.cast(ops.reshape(quality, (-1,)), "int32")
+
+    def _gain(self, table, values, quality):
+        """values * exp(table[quality - 1]) per image; identity for a single-rate model."""
+        if self.num_qualities == 1:
+            return values
+        index = self._qualities(quality, ops.shape(values)[0]) - 1
+        gains = ops.exp(ops.take(table, index, axis=0))
+        return values * ops.reshape(gains, (-1, 1, 1, ops.shape(table)[-1]))
 
     # --- transforms (no entropy coding) ----------------------------------------------------
     def _check_images(self, x):
@@ -405,36 +473,43 @@ class HyperpriorCodec(keras.Model):
             h = layer(h)
         return h
 
-    def analyze(self, x):
-        """y = g_a(x): float32 (N, H/16, W/16, num_latent) latents of images on the 0..1 scale."""
+    def analyze(self, x, quality=None):
+        """y = g_a(x) (times the quality's gain): float32 (N, H/16, W/16, num_latent) latents of
+        images on the 0..1 scale."""
         x = ops.convert_to_tensor(x)
         self._check_images(x)
-        return ops.cast(self._run(self.g_a, ops.cast(x, "float32")), "float32")
+        y = ops.cast(self._run(self.g_a, ops.cast(x, "float32")), "float32")
+        return self._gain(getattr(self, "log_gains", None), y, quality)
 
-    def hyper(self, y):
-        """z = h_a(y) (h_a(|y|) for the scale-only model): float32 (N, H/64, W/64, num_filters)."""
+    def hyper(self, y, quality=None):
+        """z = h_a(y) (h_a(|y|) for the scale-only model), times the quality's hyper gain:
+        float32 (N, H/64, W/64, num_filters)."""
         y = ops.cast(y, "float32")
-        return ops.cast(self._run(self.h_a, y if self.mean_scale else ops.abs(y)), "float32")
+        z = ops.cast(self._run(self.h_a, y if self.mean_scale else ops.abs(y)), "float32")
+        return self._gain(getattr(self, "log_hyper_gains", None), z, quality)
 
-    def y_scales_means(self, z_hat):
+    def y_scales_means(self, z_hat, quality=None):
         """(scales, means) of y given z_hat: float32 (N, H/16, W/16, num_latent) each.
 
         Scales are already bounded below at :data:`SCALE_BOUND`; means are zeros for the
         scale-only model.
         """
-        params = ops.cast(self._run(self.h_s, ops.cast(z_hat, "float32")), "float32")
+        z_hat = self._gain(getattr(self, "log_hyper_inverse_gains", None), ops.cast(z_hat, "float32"), quality)
+        params = ops.cast(self._run(self.h_s, z_hat), "float32")
         if self.mean_scale:
             scales, means = ops.split(params, 2, axis=-1)
         else:
             scales, means = params, ops.zeros_like(params)
         return lower_bound(scales, SCALE_BOUND), means
 
-    def _synthesize(self, y_hat):
-        return ops.cast(self._run(self.g_s, ops.cast(y_hat, "float32")), "float32")
+    def _synthesize(self, y_hat, quality=None):
+        y_hat = self._gain(getattr(self, "log_inverse_gains", None), ops.cast(y_hat, "float32"), quality)
+        return ops.cast(self._run(self.g_s, y_hat), "float32")
 
-    def synthesize(self, y_hat):
-        """x_hat = g_s(y_hat), clipped to 0..1: float32 (N, 16 h, 16 w, channels)."""
-        return ops.clip(self._synthesize(y_hat), 0.0, 1.0)
+    def synthesize(self, y_hat, quality=None):
+        """x_hat = g_s(y_hat) (y_hat times the quality's inverse gain first), clipped to 0..1:
+        float32 (N, 16 h, 16 w, channels)."""
+        return ops.clip(self._synthesize(y_hat, quality), 0.0, 1.0)
 
     @staticmethod
     def quantize_latents(values, means=None):
@@ -458,27 +533,43 @@ class HyperpriorCodec(keras.Model):
 
     def z_pmf_tables(self, max_support=256, *, tail_mass=1e-9):
         """The prior of z_hat as float64 :class:`PmfTables` (pmf, offsets, lengths), one row per
-        channel of z, computed in NumPy from the weights; each row sums to 1 minus the mass
-        outside its support (about ``tail_mass``). Symbols outside [offset, offset + length)
-        need an escape code in the bitstream."""
+        channel of z (shared by every quality), computed in NumPy from the weights; each row
+        sums to 1 minus the mass outside its support (about ``tail_mass``). Symbols outside
+        [offset, offset + length) need an escape code in the bitstream."""
         return self.entropy_bottleneck.pmf_tables(max_support, tail_mass=tail_mass)
 
     # --- forward pass, rate estimate --------------------------------------------------------
-    def call(self, x, training=False):
-        y = self.analyze(x)
-        z = self.hyper(y)
+    def call(self, x, training=False, quality=None):
+        """See the class docstring. ``quality`` (an int or an int (N,) tensor, 1-based) may be
+        left out for a variable-rate model: training then draws one per image, uniformly, and
+        inference codes image i at quality ``i % num_qualities + 1`` (a batch that repeats each
+        image num_qualities times covers every quality)."""
+        x = ops.convert_to_tensor(x)
+        batch = ops.shape(x)[0]
+        if quality is None:
+            if self.num_qualities == 1:
+                quality = ops.ones((batch,), "int32")
+            elif training:
+                quality = keras.random.randint((batch,), 1, self.num_qualities + 1, seed=self.seed_generator,
+                                               dtype="int32")
+            else:
+                quality = ops.arange(batch, dtype="int32") % self.num_qualities + 1
+        quality = self._qualities(quality, batch)
+        y = self.analyze(x, quality)
+        z = self.hyper(y, quality)
         if training:
             z_hat = z + keras.random.uniform(ops.shape(z), -0.5, 0.5, seed=self.seed_generator)
         else:
             z_hat = ops.round(z)
         z_likelihoods = self.entropy_bottleneck(z_hat)
-        scales, means = self.y_scales_means(z_hat)
+        scales, means = self.y_scales_means(z_hat, quality)
         if training:
             y_hat = y + keras.random.uniform(ops.shape(y), -0.5, 0.5, seed=self.seed_generator)
         else:
             y_hat = ops.round(y - means) + means
         y_likelihoods = gaussian_likelihood(y_hat - means, scales)
-        return {"x_hat": self._synthesize(y_hat), "y_likelihoods": y_likelihoods, "z_likelihoods": z_likelihoods}
+        return {"x_hat": self._synthesize(y_hat, quality), "y_likelihoods": y_likelihoods,
+                "z_likelihoods": z_likelihoods, "quality": quality}
 
     @staticmethod
     def bits_per_image(outputs):
@@ -488,15 +579,15 @@ class HyperpriorCodec(keras.Model):
             bits = bits + ops.sum(-ops.log(outputs[key]), axis=(1, 2, 3)) / math.log(2.0)
         return bits
 
-    def estimate_bpp(self, x, *, num_pixels=None):
+    def estimate_bpp(self, x, quality=None, *, num_pixels=None):
         """Bits per pixel per image, float32 (N,), from the model's likelihoods with hard rounding.
 
         This is what an ideal entropy coder spends on y and z; a file adds its header and the
-        coder's overhead. ``num_pixels``: the pixel count of the original image when ``x`` is
-        a padded copy (default: the pixels of ``x``).
+        coder's overhead. ``quality``: as in :meth:`call`. ``num_pixels``: the pixel count of
+        the original image when ``x`` is a padded copy (default: the pixels of ``x``).
         """
         x = ops.convert_to_tensor(x)
-        outputs = self(x, training=False)
+        outputs = self(x, training=False, quality=quality)
         if num_pixels is None:
             num_pixels = ops.shape(x)[1] * ops.shape(x)[2]
         return self.bits_per_image(outputs) / ops.cast(num_pixels, "float32")
@@ -508,14 +599,15 @@ class HyperpriorCodec(keras.Model):
         x = ops.cast(x, "float32")
         x_hat = ops.cast(y_pred["x_hat"], "float32")
         num_pixels = ops.cast(ops.shape(x)[1] * ops.shape(x)[2], "float32")
-        bpp = ops.mean(self.bits_per_image(y_pred)) / num_pixels
-        mse = ops.mean(ops.square(x - x_hat))
-        loss = bpp + self.lmbda * 255.0**2 * mse
+        bpp = self.bits_per_image(y_pred) / num_pixels
+        mse = ops.mean(ops.square(x - x_hat), axis=(1, 2, 3))
+        lmbda = ops.take(ops.convert_to_tensor(self.lambdas, "float32"), y_pred["quality"] - 1)
+        loss = ops.mean(bpp + lmbda * 255.0**2 * mse)
         image_mse = ops.mean(ops.square(ops.clip(x_hat, 0.0, 1.0) - x), axis=(1, 2, 3))
         psnr = ops.mean(-10.0 * ops.log(ops.maximum(image_mse, 1e-10)) / math.log(10.0))
         self._tracker_loss.update_state(loss)
-        self._tracker_bpp.update_state(bpp)
-        self._tracker_mse.update_state(mse * 255.0**2)
+        self._tracker_bpp.update_state(ops.mean(bpp))
+        self._tracker_mse.update_state(ops.mean(mse) * 255.0**2)
         self._tracker_psnr.update_state(psnr)
         return loss
 
@@ -526,16 +618,16 @@ class HyperpriorCodec(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(
-            num_filters=self.num_filters, num_latent=self.num_latent, mean_scale=self.mean_scale, lmbda=self.lmbda,
-            distortion=self.distortion, channels=self.channels, seed=self.seed,
+            num_filters=self.num_filters, num_latent=self.num_latent, mean_scale=self.mean_scale,
+            lambdas=list(self.lambdas), distortion=self.distortion, channels=self.channels, seed=self.seed,
         )
         return config
 
 
-def build_codec(num_filters=128, num_latent=192, mean_scale=True, lmbda=0.0130, distortion="mse", channels=3,
+def build_codec(num_filters=128, num_latent=192, mean_scale=True, lambdas=(0.0130,), distortion="mse", channels=3,
                 seed=0, name=None):
     """Build a :class:`HyperpriorCodec` with its weights created."""
-    model = HyperpriorCodec(num_filters=num_filters, num_latent=num_latent, mean_scale=mean_scale, lmbda=lmbda,
+    model = HyperpriorCodec(num_filters=num_filters, num_latent=num_latent, mean_scale=mean_scale, lambdas=lambdas,
                             distortion=distortion, channels=channels, seed=seed, name=name)
     model.build((None, None, None, channels))
     return model
