@@ -6,9 +6,10 @@ Everything is measured in one run on one machine, on the same images: rate from 
 against the uint8 original, encode and decode time. Published Kodak24 numbers
 (shared/ANCHORS.md) are printed beside them, labelled as such: they are on other images.
 
-    python benchmarks/compress.py                                   # baselines only (no codec trained yet)
-    python benchmarks/compress.py --model q1.keras q3.keras q5.keras  # one .keras file per quality
-    python benchmarks/compress.py --limit 3 --model /tmp/tiny.keras   # smoke test
+    python benchmarks/compress.py                          # the shipped codec (every quality) and the baselines
+    python benchmarks/compress.py --model my-codec.keras   # a codec of your own (all its qualities)
+    python benchmarks/compress.py --model none             # baselines only
+    python benchmarks/compress.py --limit 3                # smoke test
 
 Protocol (CompressAI's): each codec setting (quality or target rate) is one point of the curve,
 at the mean over images of the per-image bpp and the mean of the per-image PSNR (the PSNR of the
@@ -188,48 +189,39 @@ def measure_baseline(codec, settings, paths, images, use_ms_ssim, bar):
 
 
 def load_codecs(specs):
-    """[(spec, name, quality, model, lmbda)] sorted by lmbda; names and qualities as the session writes them."""
-    from imageae import registry
-    from imageae.models.codec import QUALITY_LAMBDAS
+    """[(name, quality, session, lmbda)]: every quality of every codec in ``specs`` (registered names
+    or .keras files), sorted by lmbda; names as the session writes them into files."""
+    from imageae.api import codec_session
 
-    loaded = []
-    for position, spec in enumerate(specs, 1):
-        if spec not in registry.MODELS and not registry.list_models("compress") and Path(spec).suffix != ".keras":
-            raise ValueError(f"{spec!r} is not a .keras file, and no compress models are registered yet")
-        model = registry.load_model(spec, job="compress")
-        lmbda = float(getattr(model, "lmbda", float("nan")))
-        matches = [q for q, value in enumerate(QUALITY_LAMBDAS, 1) if math.isclose(value, lmbda, rel_tol=1e-6)]
-        quality = matches[0] if matches else position
-        name = spec if spec in registry.MODELS else Path(spec).stem
-        loaded.append([spec, name[:64], quality, model, lmbda])
-    names = [entry[1] for entry in loaded]
-    for entry in loaded:  # two files with one stem: tell them apart in the tables
-        if names.count(entry[1]) > 1:
-            entry[1] = f"{entry[1][:58]}-{entry[2]}"
-    return sorted((tuple(entry) for entry in loaded), key=lambda entry: (entry[4], entry[2]))
+    settings = []
+    for spec in specs:
+        session = codec_session(spec)
+        for quality in range(1, session.num_qualities + 1):
+            settings.append((session.name, quality, session, session.model.lambdas[quality - 1]))
+    return sorted(settings, key=lambda entry: (entry[3], entry[0]))
 
 
 def measure_imageae(codecs, paths, images, use_ms_ssim, bar):
-    """Per-image records for every model, the estimate-vs-file gap and a determinism check per model."""
-    from imageae.codec import CodecSession, compress_array, decompress_bytes, estimate_bits, make_session_lookup
+    """Per-image records for every setting, the estimate-vs-file gap and a determinism check per setting."""
+    from imageae.codec import compress_array, decompress_bytes, estimate_bits, make_session_lookup
 
     records, checks = [], []
-    for spec, name, quality, model, lmbda in codecs:
-        session = CodecSession(model, name, quality)
+    for name, quality, session, lmbda in codecs:
         lookup = make_session_lookup(session)
+        label = f"{name} q{quality}"
         seen = set()
         for clean in images:  # untimed warm-up per shape: first eager calls, kernel selection
             if clean.shape not in seen:
                 seen.add(clean.shape)
-                decompress_bytes(lookup, compress_array(session, clean))
+                decompress_bytes(lookup, compress_array(session, clean, quality))
         for i, (path, clean) in enumerate(zip(paths, images)):
-            bar.set_postfix_str(f"imageae {name} {path.name}")
+            bar.set_postfix_str(f"imageae {label} {path.name}")
             with Timer() as te:
-                data = compress_array(session, clean)
+                data = compress_array(session, clean, quality)
             with Timer() as td:
                 decoded = decompress_bytes(lookup, data)
-            row = record("imageae", name, quality, i, path, clean, data, decoded, te.seconds, td.seconds, use_ms_ssim)
-            estimate = estimate_bits(session, clean)
+            row = record("imageae", label, quality, i, path, clean, data, decoded, te.seconds, td.seconds, use_ms_ssim)
+            estimate = estimate_bits(session, clean, quality)
             real = 8 * len(data)
             row.update(
                 model_bits=estimate.model_bits, table_bits=estimate.table_bits, overhead_bits=estimate.overhead_bits,
@@ -238,20 +230,20 @@ def measure_imageae(codecs, paths, images, use_ms_ssim, bar):
             )
             records.append(row)
             if i == 0:
-                checks.append(determinism_check(session, model, name, quality, clean, data, decoded))
+                checks.append(determinism_check(session, label, quality, clean, data, decoded))
             bar.update(1)
     return records, checks
 
 
-def determinism_check(session, model, name, quality, clean, data, decoded):
+def determinism_check(session, label, quality, clean, data, decoded):
     """Encode and decode the first image again, and decode it with a second, separately built session."""
     from imageae.codec import CodecSession, compress_array, decompress_bytes, make_session_lookup
 
-    again = compress_array(session, clean)
-    fresh = CodecSession(model, name, quality)
+    again = compress_array(session, clean, quality)
+    fresh = CodecSession(session.model, session.name)
     redecoded = decompress_bytes(make_session_lookup(session), data)
     fresh_decoded = decompress_bytes(make_session_lookup(fresh), data)
-    result = {"model": name, "same_bytes_on_re_encode": again == data,
+    result = {"model": label, "same_bytes_on_re_encode": again == data,
               "same_image_on_re_decode": bool(np.array_equal(redecoded, decoded)),
               "same_image_with_fresh_session": bool(np.array_equal(fresh_decoded, decoded))}
     result["ok"] = all(result[k] for k in ("same_bytes_on_re_encode", "same_image_on_re_decode",
@@ -384,8 +376,7 @@ def markdown(result):
     ]
     if baselines_only:
         out += ["**Baselines only**: no codec model was given (`--model`), so only JPEG, WebP and JPEG 2000 "
-                "were measured. Rerun with `--model q1.keras q2.keras ...` (or registered names) once codecs "
-                "are trained.", ""]
+                "were measured (`--model none`).", ""]
     out += [
         f"- date: {result['date']}",
         f"- command: `{result['command']}`",
@@ -425,12 +416,12 @@ def markdown(result):
     for skipped in cfg.get("skipped_codecs", []):
         out.append(f"- {skipped}: not measured (--codecs).")
     if not baselines_only:
-        out.append("- imageae: `CodecSession(model, name, quality)` + `compress_array` -> `.iae` bytes, "
+        out.append("- imageae: `CodecSession(model, name)` + `compress_array(session, image, quality)` -> `.iae` bytes, "
                    "`decompress_bytes` -> uint8; images padded (bottom/right mirror) to multiples of the model's "
                    "stride 64 inside the session, bpp counts the original pixels. The session computes in "
                    "**float32** whatever the dtype policy (the scale indexes the decoder derives must match bit "
                    "for bit), so there is no bf16 variant. Models: "
-                   + "; ".join(f"`{m['spec']}` (name {m['name']}, quality {m['quality']}, lmbda {m['lmbda']:g}, "
+                   + "; ".join(f"`{m['name']}` quality {m['quality']} (lmbda {m['lmbda']:g}, "
                                f"{m['parameters']:,} parameters, policy {m['session_policy']})" for m in cfg["models"])
                    + ".")
     out += ["", "## Rate-distortion points", "",
@@ -590,9 +581,10 @@ def float_list(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Without --model only the baselines are measured (no codec is trained yet).")
-    p.add_argument("--model", nargs="+", default=[], metavar="PATH_OR_NAME",
-                   help="codec models, one per quality: .keras files or registered compress model names")
+                                epilog="--model none measures the baselines only.")
+    p.add_argument("--model", nargs="+", default=["codec-v1"], metavar="PATH_OR_NAME",
+                   help="codecs (every quality of each): registered names or .keras files; 'none' for the "
+                        "baselines only (default: codec-v1)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help=f"folder of test images, read as RGB (default: {DEFAULT_DATA})")
     p.add_argument("--limit", type=int, default=0, help="first N images only, for smoke tests (default: all)")
@@ -625,11 +617,11 @@ def main(argv=None):
         parser.error(f"no images ({', '.join(IMAGE_SUFFIXES)}) in --data {args.data}. The default is the shared "
                      "BSDS500 val photos at <repo>/../shared/datasets/photos/BSDS500/val; pass --data DIR otherwise.")
     codecs = []
-    if args.model:
+    if args.model != ["none"]:
         try:
             codecs = load_codecs(args.model)
         except (ValueError, FileNotFoundError) as error:
-            parser.error(f"{error}. Pass .keras files of trained HyperpriorCodec models (one per quality)")
+            parser.error(f"{error}. Pass codec names from 'imageae models' or .keras files of HyperpriorCodec models")
     else:
         print("no --model given: measuring the baselines only (JPEG, WebP, JPEG 2000); the outputs are labelled "
               "'baselines only'", file=sys.stderr)
@@ -709,10 +701,9 @@ def main(argv=None):
             "jp2_skipped": jp2_skipped,
             "settings": {codec: [value for _, value, _ in settings] for codec, settings in baselines.items()},
             "ms_ssim": use_ms_ssim, "ms_ssim_why": ms_ssim_why,
-            "models": [{"spec": spec, "name": name, "quality": quality, "lmbda": lmbda,
-                        "parameters": int(model.count_params()), "session_policy": "float32",
-                        "loaded_policy": model.dtype_policy.name}
-                       for spec, name, quality, model, lmbda in codecs],
+            "models": [{"spec": name, "name": name, "quality": quality, "lmbda": lmbda,
+                        "parameters": int(session.model.count_params()), "session_policy": "float32"}
+                       for name, quality, session, lmbda in codecs],
         },
         "protocol": {
             "rate": "bytes * 8 / (H * W) of the original, real encoded sizes",

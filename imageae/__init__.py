@@ -4,6 +4,9 @@ Public API::
 
     imageae.denoise(image)                 # numpy / PIL image in, same kind out
     imageae.denoise_folder(src, dst)       # a folder job; returns a FolderReport
+    imageae.compress(image, quality=4)     # uint8 image -> bytes of an .iae file
+    imageae.decompress(data)               # -> uint8 image
+    imageae.compress_folder(src, dst), imageae.decompress_folder(src, dst)
     imageae.generate(n, model="vae-digits", seed=0, temperature=1.0)   # uint8 images
     imageae.reconstruct(images), imageae.interpolate(a, b, steps=8)
     imageae.export_saved_model(name, dir, version=1)   # TF Serving layout
@@ -13,8 +16,34 @@ Public API::
 
 __version__ = "0.1.0"
 
-from imageae.api import Denoiser, denoise, denoise_folder, generate, interpolate, reconstruct  # noqa: E402
+from imageae.api import (  # noqa: E402
+    Denoiser,
+    compress,
+    compress_folder,
+    decompress,
+    decompress_folder,
+    denoise,
+    denoise_folder,
+    generate,
+    interpolate,
+    reconstruct,
+)
 from imageae.export import export_saved_model  # noqa: E402
 from imageae.registry import list_models, load_model  # noqa: E402
 
-__all__ = ["export_saved_model", "Denoiser", "denoise", "denoise_folder", "generate", "interpolate", "reconstruct", "list_models", "load_model", "__version__"]
+__all__ = [
+    "Denoiser",
+    "__version__",
+    "compress",
+    "compress_folder",
+    "decompress",
+    "decompress_folder",
+    "denoise",
+    "denoise_folder",
+    "export_saved_model",
+    "generate",
+    "interpolate",
+    "list_models",
+    "load_model",
+    "reconstruct",
+]

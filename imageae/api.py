@@ -1,4 +1,4 @@
-"""The public Python API of the denoise job (re-exported by :mod:`imageae`)."""
+"""The public Python API: denoise, compress and generate (re-exported by :mod:`imageae`)."""
 
 import time
 from pathlib import Path
@@ -211,8 +211,14 @@ def denoise_folder(
     -------
     FolderReport
     """
-    from imageae.pipelines.folder import FolderReport, Writer, decoded_images, ensure_output_dir, plan_outputs
-    from imageae.pipelines.folder import progress_bar
+    from imageae.pipelines.folder import (
+        FolderReport,
+        Writer,
+        decoded_images,
+        ensure_output_dir,
+        plan_outputs,
+        progress_bar,
+    )
 
     if ext is not None:
         output_format(None, ext)  # validates the extension up front
@@ -326,3 +332,271 @@ def interpolate(image_a, image_b, *, steps=8, model="vae-digits"):
     vae = _vae(model)
     z = encode_images(vae, np.concatenate([_vae_input(vae, image_a), _vae_input(vae, image_b)]))
     return decode_latents(vae, interpolate_latents(z[0], z[1], steps))
+
+
+# ---------------------------------------------------------------------------------- compress
+
+DEFAULT_CODEC = "codec-v1"
+DEFAULT_QUALITY = 4
+IAE_EXTENSION = ".iae"
+_sessions = {}
+
+
+def codec_session(model=DEFAULT_CODEC):
+    """The :class:`~imageae.codec.CodecSession` of a registered codec or a .keras file (made once).
+
+    A registered model writes its registry name into its files; a .keras file its file name
+    without the extension (so decoding needs the same file: pass it to :func:`decompress`).
+    """
+    from imageae.codec import CodecSession
+
+    path = registry.resolve(model, job="compress").resolve()
+    name = model if model in registry.MODELS else path.stem
+    key = (name, str(path), path.stat().st_mtime_ns)
+    if key not in _sessions:
+        _sessions[key] = CodecSession(registry.load_model(str(path), job="compress"), name)
+    return _sessions[key]
+
+
+def _codec_pixels(image):
+    """uint8 (H, W, 1|3) pixels of a numpy array or PIL image; ValueError saying what is wrong."""
+    try:
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                raise ValueError("image has an alpha channel: the codec does not store alpha; "
+                                 "drop it (image.convert('RGB')) or keep the image as PNG")
+            image = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16", "I") else "RGB"))
+    except ImportError:  # pragma: no cover - Pillow is a core dependency
+        pass
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array or a PIL image, got {type(image).__name__}")
+    return image[:, :, None] if image.ndim == 2 else image
+
+
+def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
+    """Compress an 8-bit image into the bytes of an ``.iae`` file.
+
+    Parameters
+    ----------
+    image : numpy.ndarray (uint8, (H, W), (H, W, 1) or (H, W, 3)) or PIL image
+        Grey or RGB, any size. Alpha and 16-bit images are refused (ValueError), not reduced.
+    quality : int
+        1 (smallest files) to the model's number of qualities (``imageae models`` lists
+        them); default 4 when ``target_bpp`` is not given either.
+    target_bpp : float
+        Instead of ``quality``: the highest quality whose file stays within this many bits
+        per pixel (quality 1 when even that is larger), found by encoding.
+    model : str
+        A registered codec (default "codec-v1") or the path of a .keras codec.
+
+    Returns
+    -------
+    bytes
+
+    Examples
+    --------
+    >>> import numpy as np, imageae                                 # doctest: +SKIP
+    >>> data = imageae.compress(np.asarray(Image.open("photo.jpg")), quality=3)
+    >>> pixels = imageae.decompress(data)                        # uint8 (H, W, 3)
+    """
+    from imageae.codec import compress_array
+
+    session = codec_session(model)
+    pixels = _codec_pixels(image)
+    if quality is not None and target_bpp is not None:
+        raise ValueError("give quality or target_bpp, not both")
+    if target_bpp is None:
+        return compress_array(session, pixels, DEFAULT_QUALITY if quality is None else quality)
+    if not target_bpp > 0:
+        raise ValueError(f"target_bpp must be positive, got {target_bpp}")
+    budget = float(target_bpp) * pixels.shape[0] * pixels.shape[1]
+    files = {}
+
+    def fits(q):
+        files[q] = compress_array(session, pixels, q)
+        return 8 * len(files[q]) <= budget
+
+    # Higher quality never gives a smaller file in practice; bisect for the last that fits.
+    low, high = 1, session.num_qualities
+    if not fits(low):
+        return files[low]
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return files[low]
+
+
+def _session_lookup(models):
+    """model name -> CodecSession: the registered codecs, plus ``models`` (names or .keras paths)."""
+    from imageae.codec import UnknownModelError
+
+    extra = {}
+    for m in models or ():
+        session = codec_session(m)
+        extra[session.name] = m
+
+    def lookup(name):
+        if name in extra:
+            return codec_session(extra[name])
+        if name in registry.MODELS and registry.MODELS[name].job == "compress":
+            return codec_session(name)
+        installed = ", ".join([m.name for m in registry.list_models("compress")] + list(extra)) or "none"
+        raise UnknownModelError(f"file was written by model {name!r}, which is not installed "
+                                f"(installed codec models: {installed}; a codec of your own: pass its .keras file)")
+
+    return lookup
+
+
+def decompress(data, *, models=None):
+    """Decode the bytes of an ``.iae`` file: uint8 (H, W, 3) for colour, (H, W) for grey.
+
+    ``models``: codec .keras files (or names) besides the registered ones, for files written
+    by a codec of your own. Raises :class:`~imageae.codec.IaeFormatError` for anything wrong
+    with the bytes and :class:`~imageae.codec.UnknownModelError` for a model not installed.
+    """
+    from imageae.codec import decompress_bytes
+
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes (the contents of an .iae file), got {type(data).__name__}")
+    pixels = decompress_bytes(_session_lookup(models), bytes(data))
+    return pixels[:, :, 0] if pixels.shape[-1] == 1 else pixels
+
+
+def _read_for_codec(path):
+    """uint8 pixels of an image file for the codec; ImageReadError naming what it cannot store."""
+    from imageae.data.io import ImageReadError, read_image
+
+    decoded = read_image(path)
+    if decoded.alpha is not None:
+        raise ImageReadError("has an alpha channel, which the codec does not store (keep it as PNG)")
+    if decoded.bit_depth != 8:
+        raise ImageReadError(f"is {decoded.bit_depth}-bit; the codec stores 8-bit images only "
+                             "(reduce it to 8 bits first, or keep it as PNG)")
+    return decoded
+
+
+def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, overwrite=False,
+                    progress=None):
+    """Compress every image in ``inputs`` (files and folders) into ``.iae`` files under ``output``.
+
+    The output tree mirrors the input tree (``photos/a/b.jpg`` -> ``OUT/a/b.iae``). Existing
+    outputs are kept unless ``overwrite``; a file that cannot be read (or has alpha, or 16
+    bits) is recorded in the report with the reason and the run goes on.
+
+    Returns
+    -------
+    FolderReport (``pixels`` and ``seconds`` give the speed; ``bits`` the bytes written x 8)
+    """
+    from imageae.data.io import write_bytes_atomic
+    from imageae.pipelines.folder import (
+        FolderReport,
+        Writer,
+        decoded_images,
+        ensure_output_dir,
+        plan_outputs,
+        progress_bar,
+    )
+
+    if quality is not None and target_bpp is not None:
+        raise ValueError("give quality or target_bpp, not both")
+    session = codec_session(model)  # loads (and checks) the model before any file is touched
+    if quality is not None:
+        session.check_quality(quality)
+    report = FolderReport()
+    tasks = plan_outputs(inputs, output, suffix_for=lambda path: IAE_EXTENSION, overwrite=overwrite, report=report)
+    ensure_output_dir(output)
+    writer = Writer(report)
+    bar = progress_bar(len(tasks), desc="compress", enabled=progress)
+    start = time.perf_counter()
+    try:
+        for task, decoded, error in decoded_images(tasks, decode=_read_for_codec):
+            bar.update(1)
+            if error:
+                report.failed.append((str(task.source), error))
+                continue
+            try:
+                data = compress(decoded.pixels, quality=quality, target_bpp=target_bpp, model=model)
+            except ValueError as error:
+                report.failed.append((str(task.source), str(error)))
+                continue
+            report.pixels += decoded.pixels.shape[0] * decoded.pixels.shape[1]
+            writer.submit(task, write_bytes_atomic, data)
+    except BaseException:
+        writer.close(cancel=True)
+        bar.close()
+        raise
+    writer.close()
+    bar.close()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write_decoded(target, pixels, fmt):
+    from imageae.data.io import DecodedImage
+
+    write_image(target, DecodedImage(pixels, None, 8, fmt), fmt=fmt)
+
+
+def decompress_folder(inputs, output, *, ext=".png", models=None, overwrite=False, progress=None):
+    """Decode every ``.iae`` file in ``inputs`` (files and folders) into images under ``output``.
+
+    The output tree mirrors the input tree (``OUT/a/b.iae`` -> ``DIR/a/b.png``); ``ext``
+    picks the format (.png by default: lossless, so the decoded pixels are kept exactly).
+    A damaged or foreign file is recorded in the report with the reason and the run goes on.
+    """
+    from imageae.codec import IaeFormatError, UnknownModelError
+    from imageae.data.io import ImageReadError
+    from imageae.pipelines.folder import (
+        FolderReport,
+        Writer,
+        decoded_images,
+        ensure_output_dir,
+        plan_outputs,
+        progress_bar,
+    )
+
+    ext = ext if ext.startswith(".") else "." + ext
+    fmt = output_format(None, ext)
+    lookup = _session_lookup(models)
+    report = FolderReport()
+    tasks = plan_outputs(inputs, output, suffix_for=lambda path: ext, overwrite=overwrite, report=report,
+                         extensions=(IAE_EXTENSION,))
+    ensure_output_dir(output)
+    writer = Writer(report)
+    bar = progress_bar(len(tasks), desc="decompress", enabled=progress)
+    start = time.perf_counter()
+
+    def read_bytes(path):
+        try:
+            return Path(path).read_bytes()
+        except OSError as error:
+            raise ImageReadError(f"cannot read file: {error.strerror or error}") from None
+
+    try:
+        from imageae.codec import decompress_bytes
+
+        for task, data, error in decoded_images(tasks, decode=read_bytes):
+            bar.update(1)
+            if error:
+                report.failed.append((str(task.source), error))
+                continue
+            try:
+                pixels = decompress_bytes(lookup, data)
+            except (IaeFormatError, UnknownModelError) as error:
+                report.failed.append((str(task.source), str(error)))
+                continue
+            report.pixels += pixels.shape[0] * pixels.shape[1]
+            writer.submit(task, _write_decoded, pixels, fmt)
+    except BaseException:
+        writer.close(cancel=True)
+        bar.close()
+        raise
+    writer.close()
+    bar.close()
+    report.seconds = time.perf_counter() - start
+    return report

@@ -40,6 +40,33 @@ next to the output model.
 """
 
 
+_EPILOG_COMPRESS = """\
+examples:
+  imageae compress photos/ -o packed/                 every image, quality 4 of 6, tree mirrored
+  imageae compress photo.jpg -o packed/ --quality 6   best quality (largest files)
+  imageae compress photos/ -o packed/ --target-bpp 0.5   the best quality within 0.5 bits/pixel
+  imageae decompress packed/ -o restored/             back to PNG (lossless, so nothing more is lost)
+
+Each image becomes one .iae file (format: docs/iae-format.md) holding the model name and
+quality, the image size and grey/colour mode: decompress needs nothing else. Quality 1 gives
+the smallest files (about 0.15 bits per pixel on photos), 6 the best pictures (about 1.5).
+Grey and colour images of any size are coded; alpha channels and 16-bit images are refused
+by name (keep those as PNG). Existing outputs are skipped unless --overwrite.
+"""
+
+_EPILOG_TRAIN_CODEC = """\
+examples:
+  imageae train codec --data ../shared/datasets/photos/BSDS500/train ../shared/datasets/photos/BSDS500/test \\
+      -o codec.keras --checkpoint-dir ~/ckpt/codec
+  imageae train codec --data my_photos/ --init codec-v1 --steps 5000 --learning-rate 2e-5 -o my-codec.keras
+      (fine-tune the shipped codec on your own images; compress with --model my-codec.keras)
+
+Random square crops (--patch-size) with random horizontal flips. One model learns every quality
+in --lambdas (loss = bits per pixel + lambda * 255^2 * MSE; each crop draws a quality); the
+validation crops are coded at every quality with real rounding. The learning rate warms up
+and then follows a cosine to zero over --steps.
+"""
+
 _EPILOG_GENERATE = """\
 examples:
   imageae generate -n 64 -o digits/ --grid                  64 digits and a contact sheet
@@ -91,6 +118,15 @@ def _add_runtime_flags(parser):
     )
 
 
+def _add_folder_flags(parser):
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--skip-existing", dest="overwrite", action="store_false", default=False,
+                       help="keep outputs that already exist (default)")
+    group.add_argument("--overwrite", dest="overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
+                        help="progress bar with images/s (auto: only on a terminal)")
+
+
 def _add_training_flags(parser, what):
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="stop after this much training time, keeping the best checkpoint (default: no limit)")
@@ -105,7 +141,8 @@ def _add_training_flags(parser, what):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="imageae",
-        description="Convolutional autoencoders for images: denoise photos and scans, generate new images.",
+        description="Convolutional autoencoders for images: denoise photos and scans, compress images into "
+                    "small .iae files, generate new images.",
         epilog="Run 'imageae COMMAND --help' for each command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"imageae {_version()}")
@@ -132,6 +169,35 @@ def build_parser():
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar with images/s (auto: only on a terminal)")
     _add_runtime_flags(p)
+
+    p = commands.add_parser(
+        "compress", help="compress images into .iae files with the learned codec",
+        description="Compress images (files or folders) into .iae files with a learned codec.",
+        epilog=_EPILOG_COMPRESS, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--quality", type=_positive_int,
+                      help="1 (smallest) .. 6 (best) for codec-v1; 'imageae models' lists each codec's range "
+                           "(default: 4)")
+    rate.add_argument("--target-bpp", type=float, metavar="BPP",
+                      help="instead of --quality: the best quality whose file stays within BPP bits per pixel")
+    p.add_argument("--model", default="codec-v1", help="a compress model from 'imageae models' or a .keras path")
+    _add_folder_flags(p)
+
+    p = commands.add_parser(
+        "decompress", help="decode .iae files back into images",
+        description="Decode .iae files (files or folders) into images.",
+        epilog="examples:\n  imageae decompress packed/ -o restored/\n  imageae decompress a.iae -o out/ --ext jpg",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILE", help=".iae files and/or folders (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree)")
+    p.add_argument("--ext", default="png", help="output format: png (default, lossless), tif, bmp, webp, jpg")
+    p.add_argument("--model", action="append", dest="models", metavar="KERAS",
+                   help="a codec .keras file of your own that wrote some of the files (repeatable)")
+    _add_folder_flags(p)
 
     p = commands.add_parser(
         "generate", help="synthesise new images with a VAE", description="Synthesise new images with a VAE.",
@@ -229,6 +295,27 @@ def build_parser():
     t.add_argument("--patience", type=_positive_int, default=8, help="early-stopping patience in epochs (default: 8)")
     _add_training_flags(t, "checkpoints, CSV history and per-epoch sample grids")
     t = train.add_parser(
+        "codec", help="a learned image codec (all its qualities at once)", description="Train a learned image codec.",
+        epilog=_EPILOG_TRAIN_CODEC, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("--data", nargs="+", required=True, help="folders of training photos")
+    t.add_argument("-o", "--output", required=True, help="where to write the trained .keras model")
+    t.add_argument("--init", help="start from this codec (name or .keras path) to fine-tune it")
+    t.add_argument("--lambdas", default="0.0018,0.0035,0.0067,0.013,0.025,0.0483",
+                   help="rate-distortion trade-off of each quality, increasing (default: the published "
+                        "values of qualities 1..6)")
+    t.add_argument("--filters", type=_positive_int, default=128, help="channels N of the transforms and z (default: 128)")
+    t.add_argument("--latent", type=_positive_int, default=192, help="channels M of y (default: 192)")
+    t.add_argument("--steps", type=_positive_int, default=100000, help="optimiser steps (default: 100000)")
+    t.add_argument("--steps-per-epoch", type=_positive_int, default=500, help="steps between validations (default: 500)")
+    t.add_argument("--batch-size", type=_positive_int, default=8, help="crops per step (default: 8)")
+    t.add_argument("--patch-size", type=_positive_int, default=256, help="crop side, a multiple of 64 (default: 256)")
+    t.add_argument("--learning-rate", type=float, default=1e-4, help="peak Adam learning rate (default: 1e-4)")
+    t.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps (default: 500)")
+    t.add_argument("--patience", type=_positive_int, default=12, help="early-stopping patience in epochs (default: 12)")
+    t.add_argument("--workers", type=_positive_int, default=1, help="threads cutting crops (default: 1)")
+    _add_training_flags(t, "checkpoints, CSV history and TensorBoard logs")
+    t = train.add_parser(
         "digit-classifier", help="the digit classifier whose features score generated digits (FID/KID)",
         description="Train the small MNIST classifier used as the feature space of digit FID/KID.",
     )
@@ -261,7 +348,7 @@ def _cmd_denoise(args):
     from imageae.api import denoise_folder
 
     _configure_device(args.device)
-    progress = {"auto": None, "on": True, "off": False}[args.progress]
+    progress = _progress(args)
     report = denoise_folder(
         args.inputs, args.output, model=args.model, ext=args.ext, quality=args.quality,
         overwrite=args.overwrite, precision=args.precision,
@@ -275,6 +362,30 @@ def _write_png(path, array):
     from imageae.data.io import DecodedImage, write_image
 
     write_image(path, DecodedImage(array, None, 8, "PNG"), fmt="PNG")
+
+
+def _cmd_compress(args):
+    from imageae.api import compress_folder
+
+    if args.target_bpp is not None and not args.target_bpp > 0:
+        raise ValueError(f"--target-bpp must be positive, got {args.target_bpp}")
+    report = compress_folder(args.inputs, args.output, quality=args.quality, target_bpp=args.target_bpp,
+                             model=args.model, overwrite=args.overwrite, progress=_progress(args))
+    print(report.summary("compressed"), file=sys.stderr if report.failed else sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _cmd_decompress(args):
+    from imageae.api import decompress_folder
+
+    report = decompress_folder(args.inputs, args.output, ext=args.ext, models=args.models,
+                               overwrite=args.overwrite, progress=_progress(args))
+    print(report.summary("decompressed"), file=sys.stderr if report.failed else sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _progress(args):
+    return {"auto": None, "on": True, "off": False}[args.progress]
 
 
 def _cmd_generate(args):
@@ -357,6 +468,8 @@ def _cmd_models(args):
 def _cmd_train(args):
     if args.family == "vae":
         return _cmd_train_vae(args)
+    if args.family == "codec":
+        return _cmd_train_codec(args)
     if args.family == "digit-classifier":
         from imageae.train import train_digit_classifier
 
@@ -432,6 +545,27 @@ def _cmd_train_vae(args):
     return EXIT_OK
 
 
+def _cmd_train_codec(args):
+    from imageae.train import CodecTrainConfig, train_codec
+
+    try:
+        lambdas = tuple(float(v) for v in args.lambdas.split(","))
+    except ValueError:
+        raise ValueError(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}") from None
+    if args.patch_size % 64:
+        raise ValueError(f"--patch-size must be a multiple of 64 (the codec's stride), got {args.patch_size}")
+    config = CodecTrainConfig(
+        data=args.data, output=args.output, lambdas=lambdas, num_filters=args.filters, num_latent=args.latent,
+        init=args.init or "", patch_size=args.patch_size, batch_size=args.batch_size, steps=args.steps,
+        steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
+        patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+        precision=args.precision, workers=args.workers, max_seconds=60.0 * args.max_minutes,
+    )
+    path = train_codec(config, progress=sys.stdout.isatty())
+    print(f"wrote {path} and its model card {path.with_suffix('.json')}")
+    return EXIT_OK
+
+
 def main(argv=None):
     """Run the imageae command line; returns the exit code."""
     parser = build_parser()
@@ -443,6 +577,7 @@ def main(argv=None):
     handlers = {
         "denoise": _cmd_denoise, "generate": _cmd_generate, "interpolate": _cmd_interpolate,
         "reconstruct": _cmd_reconstruct, "export": _cmd_export, "models": _cmd_models, "train": _cmd_train,
+        "compress": _cmd_compress, "decompress": _cmd_decompress,
     }
     try:
         return handlers[args.command](args)

@@ -83,6 +83,12 @@ MODELS = {
             "VAE for 64x64 faces (trained on CelebA, non-commercial licence), latent 128, mixture sampler",
         ),
         ModelEntry(
+            "codec-v1",
+            "compress",
+            "both",
+            "learned image codec, 6 qualities (mean-scale hyperprior with gain units, trained on BSDS500 train+test)",
+        ),
+        ModelEntry(
             "digit-classifier",
             "features",
             "grey",

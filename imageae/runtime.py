@@ -96,6 +96,31 @@ def with_precision(model, precision="auto", device="auto", *, copy=False):
     return clone
 
 
+def save_float16(model, path):
+    """Save ``model`` as a .keras file whose weights are stored as float16: half the size.
+
+    Layers pinned to float32 (a codec's entropy models and latent layers, its gains) keep
+    float32 weights. The file loads back as an ordinary float32 model (the layers are
+    rebuilt under the loading process's policy and the stored weights cast up), so nothing
+    that loads it changes; the rounding to float16 (11 significant bits) is the only loss,
+    and whoever ships such a file measures it.
+    """
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float16")
+    try:
+        # The model itself stays float32 (its saved policy is what a loader gets); the layers
+        # it creates take the float16 policy, so their weights are float16.
+        clone = type(model).from_config({**constructor_arguments(model), "dtype": "float32"})
+        clone.build(model.inputs[0].shape if getattr(model, "inputs", None) else (None, None, None, model.channels))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    clone.set_weights(model.get_weights())
+    clone.save(path)
+    return path
+
+
 def constructor_arguments(model):
     """A model's own constructor arguments: its config without Keras's name/trainable/dtype."""
     return {k: v for k, v in model.get_config().items() if k not in ("name", "trainable", "dtype")}

@@ -79,13 +79,15 @@ class RandomCrops(keras.utils.PyDataset):
 
     ``augment(crop, rng)`` transforms each crop; uint8 images are scaled to 0..1. Yields
     ``(x, x)`` when ``paired`` (a target equal to the input, as the denoiser's wrapper adds its
-    noise on the device) and ``(x,)`` otherwise.
+    noise on the device) and ``(x,)`` otherwise. ``scale=False`` keeps uint8 images as uint8
+    batches, for a model that scales them on the device: a quarter of the bytes to cut, copy
+    and transfer (at 16 x 256 x 256 float32 crops the threads feeding a GPU were the limit).
     """
 
-    def __init__(self, images, config, *, channels, augment, paired):
+    def __init__(self, images, config, *, channels, augment, paired, scale=True):
         super().__init__(workers=config.workers, use_multiprocessing=False)
         self.images, self.config, self.channels = images, config, channels
-        self.augment, self.paired = augment, paired
+        self.augment, self.paired, self.scale = augment, paired, scale
         self.epoch = 0
 
     def __len__(self):
@@ -98,13 +100,14 @@ class RandomCrops(keras.utils.PyDataset):
         config = self.config
         rng = np.random.default_rng([config.seed, self.epoch, index])
         p = config.patch_size
-        x = np.empty((config.batch_size, p, p, self.channels), np.float32)
+        dtype = np.uint8 if not self.scale and self.images[0].dtype == np.uint8 else np.float32
+        x = np.empty((config.batch_size, p, p, self.channels), dtype)
         for k in range(config.batch_size):
             img = self.images[int(rng.integers(len(self.images)))]
             top = int(rng.integers(img.shape[0] - p + 1))
             left = int(rng.integers(img.shape[1] - p + 1))
             crop = self.augment(img[top : top + p, left : left + p], rng)
-            x[k] = crop / np.float32(255.0) if crop.dtype == np.uint8 else crop
+            x[k] = crop / np.float32(255.0) if crop.dtype == np.uint8 and dtype != np.uint8 else crop
         return (x, x) if self.paired else (x,)
 
 
@@ -719,7 +722,8 @@ def train_codec(config, *, progress=True):
     # Each crop once per quality, in batches of num_qualities: inference without a quality
     # codes batch position i at quality i % num_qualities + 1, so val_loss covers every rate.
     val_repeated = np.repeat(val, len(lambdas), axis=0)
-    train_data = RandomCrops(train_images, config, channels=3, augment=_random_hflip, paired=False)
+    # uint8 batches: the codec scales them itself (HyperpriorCodec accepts 0..255 integers).
+    train_data = RandomCrops(train_images, config, channels=3, augment=_random_hflip, paired=False, scale=False)
 
     epochs = math.ceil(config.steps / config.steps_per_epoch)
     last = checkpoint_dir / "last.keras"

@@ -115,17 +115,19 @@ def test_lower_bound_passes_the_gradient_only_back_towards_the_allowed_range():
 def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="distortion must be one of"):
         HyperpriorCodec(distortion="ssim")
-    with pytest.raises(ValueError, match="lmbda must be positive"):
-        HyperpriorCodec(lmbda=0.0)
+    with pytest.raises(ValueError, match="lambdas must be positive"):
+        HyperpriorCodec(lambdas=(0.0,))
+    with pytest.raises(ValueError, match="lambdas must increase"):
+        HyperpriorCodec(lambdas=(0.01, 0.005))
     with pytest.raises(ValueError, match="quality must be 1..8"):
         lambda_for_quality(9)
     assert lambda_for_quality(1) == QUALITY_LAMBDAS[0] == 0.0018 and lambda_for_quality(8) == 0.18
 
 
 def test_config_round_trip_keeps_every_constructor_argument():
-    model = tiny_codec(mean_scale=False, lmbda=0.0483, seed=7)
+    model = tiny_codec(mean_scale=False, lambdas=(0.0067, 0.0483), seed=7)
     config = model.get_config()
-    expected = {"num_filters": 8, "num_latent": 12, "mean_scale": False, "lmbda": 0.0483, "distortion": "mse",
+    expected = {"num_filters": 8, "num_latent": 12, "mean_scale": False, "lambdas": [0.0067, 0.0483], "distortion": "mse",
                 "channels": 3, "seed": 7}
     assert {k: config[k] for k in expected} == expected
     rebuilt = HyperpriorCodec.from_config(config)
@@ -133,8 +135,8 @@ def test_config_round_trip_keeps_every_constructor_argument():
     rebuilt.build((None, None, None, 3))
     rebuilt.set_weights(model.get_weights())
     x = images()
-    for key, value in model(x).items():
-        np.testing.assert_array_equal(np.asarray(rebuilt(x)[key]), np.asarray(value))
+    for key, value in model(x, quality=2).items():
+        np.testing.assert_array_equal(np.asarray(rebuilt(x, quality=2)[key]), np.asarray(value))
 
 
 def test_keras_save_load_gives_identical_outputs_and_tables(codec, tmp_path):
@@ -249,7 +251,7 @@ def test_gaussian_pmf_tables_match_the_likelihood():
 
 
 def test_training_lowers_the_rate_and_raises_psnr():
-    model = tiny_codec(init_seed=0, lmbda=0.05)
+    model = tiny_codec(init_seed=0, lambdas=(0.05,))
     widen_latents(model, 10.0)  # start at a high rate, so that the rate term has work to do
     x = images(8)
 
@@ -275,6 +277,7 @@ def test_mixed_bfloat16_keeps_latents_likelihoods_and_loss_in_float32():
     x = images(2, seed=6)
     out = mixed(x)
     dtype = keras.backend.standardize_dtype
+    assert dtype(out.pop("quality").dtype) == "int32"
     assert {dtype(v.dtype) for v in out.values()} == {"float32"}
     y = mixed.analyze(x)
     z_hat = mixed.dequantize_latents(mixed.quantize_latents(mixed.hyper(y)))

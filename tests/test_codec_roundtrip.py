@@ -40,6 +40,7 @@ from imageae.codec import (
     pack_section,
     read_latents,
     scale_indexes,
+    synthesize_image,
     unpack,
     unpack_section,
 )
@@ -47,7 +48,7 @@ from imageae.models.codec import build_codec
 from imageae.runtime import with_precision
 
 NAME = "codec-test-tiny"
-QUALITY = 3
+QUALITY = 1  # the fixtures are single-rate models (see the variable-rate tests at the end)
 SHAPES = [(64, 64, 3), (70, 93, 3), (50, 60, 1)]  # a multiple of the stride, odd sizes, grey
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -74,7 +75,7 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def session(model):
-    return CodecSession(model, NAME, QUALITY)
+    return CodecSession(model, NAME)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def calibrated_session():
     kernel, _ = model.h_s[-1].get_weights()
     bias = np.concatenate([y.std(axis=(0, 1, 2)), y.mean(axis=(0, 1, 2))]).astype(np.float32)
     model.h_s[-1].set_weights([kernel * 0.05, bias])
-    return CodecSession(model, NAME, QUALITY)
+    return CodecSession(model, NAME)
 
 
 def test_image(shape, seed=1):
@@ -174,7 +175,7 @@ def test_grey_stays_grey_and_a_two_dimensional_image_comes_back_with_one_channel
 
 def test_a_grey_model_codes_grey_images_and_refuses_colour():
     keras.utils.set_random_seed(4)
-    grey_session = CodecSession(build_codec(num_filters=8, num_latent=12, channels=1), "codec-test-grey", QUALITY)
+    grey_session = CodecSession(build_codec(num_filters=8, num_latent=12, channels=1), "codec-test-grey")
     image = test_image((50, 60, 1))
     data = compress_array(grey_session, image)
     assert unpack(data)[0].colour_mode == "grey"
@@ -196,7 +197,7 @@ def test_the_file_states_format_model_quality_and_the_original_image(session):
 def test_the_session_codes_in_float32_whatever_the_models_policy(model, session):
     image = test_image((64, 64, 3))
     mixed = with_precision(model, "mixed_bfloat16", copy=True)
-    mixed_session = CodecSession(mixed, NAME, QUALITY)
+    mixed_session = CodecSession(mixed, NAME)
     assert mixed_session.model.dtype_policy.name == "float32"
     assert compress_array(mixed_session, image) == compress_array(session, image)
     assert all(t.dtype == np.int32 and int(t.sum()) == 2**16 for t in session.z_tables)
@@ -242,7 +243,7 @@ CHILD = textwrap.dedent("""
     from imageae.codec import CodecSession, compress_array, decompress_bytes, make_session_lookup
 
     model_path, image_path, out = sys.argv[1:4]
-    session = CodecSession(keras.saving.load_model(model_path), "codec-test-tiny", 3)
+    session = CodecSession(keras.saving.load_model(model_path), "codec-test-tiny")
     data = compress_array(session, np.load(image_path))
     open(out + ".iae", "wb").write(data)
     np.save(out + ".npy", decompress_bytes(make_session_lookup(session), data))
@@ -252,7 +253,7 @@ CHILD = textwrap.dedent("""
 @pytest.mark.slow
 def test_two_processes_write_the_same_bytes_and_decode_the_same_pixels(tmp_path):
     model = tiny_model(mean_scale=True)
-    session = CodecSession(model, NAME, QUALITY)
+    session = CodecSession(model, NAME)
     lookup = make_session_lookup(session)
     model_path = tmp_path / "codec.keras"
     model.save(model_path)
@@ -310,7 +311,7 @@ def test_damaged_and_foreign_files_are_refused_with_a_reason(lookup, valid_file)
 
 
 def test_a_file_from_a_model_that_is_not_installed_is_refused_by_name(model, lookup):
-    other = CodecSession(model, "codec-someone-else", QUALITY)
+    other = CodecSession(model, "codec-someone-else")
     data = compress_array(other, test_image((64, 64, 3)))
     with pytest.raises(UnknownModelError, match="model 'codec-someone-else', which is not installed.*codec-test-tiny"):
         decompress_bytes(lookup, data)
@@ -320,7 +321,8 @@ def test_a_file_from_a_model_that_is_not_installed_is_refused_by_name(model, loo
 def test_files_the_model_cannot_have_written_are_refused(lookup, valid_file):
     _, (side, main) = unpack(valid_file)
     cases = [
-        (repack(valid_file, quality=QUALITY + 1), "quality 4.*is quality 3"),
+        (repack(valid_file, quality=2), r"quality 2.*has qualities 1\.\.1"),
+        (repack(valid_file, quality=0), r"quality 0.*has qualities 1\.\.1"),
         (repack(valid_file, bit_depth=16), "16 bits"),
         (repack(valid_file, height=200), r"side section declares latent shape \(2, 2, 8\).*200x93 image needs \(4, 2, 8\)"),
         (repack(valid_file, sections=[main, side]), "side section declares latent shape"),
@@ -445,13 +447,60 @@ def test_images_the_codec_does_not_store_are_refused_with_the_reason(session):
 
 
 def test_bad_sessions_are_refused(model, session):
-    with pytest.raises(ValueError, match="quality"):
-        CodecSession(model, NAME, 256)
     with pytest.raises(ValueError, match="model name"):
-        CodecSession(model, "x" * 65, QUALITY)
+        CodecSession(model, "x" * 65)
     with pytest.raises(ValueError, match="model name"):
-        CodecSession(model, "", QUALITY)
+        CodecSession(model, "")
+    with pytest.raises(ValueError, match="quality must be 1..1"):
+        compress_array(session, test_image((64, 64, 3)), quality=2)
     with pytest.raises(ValueError, match="two sessions"):
         make_session_lookup(session, session)
     with pytest.raises(TypeError):
         make_session_lookup(model)
+
+
+# ------------------------------------------------------------------------------ variable rate
+
+LAMBDAS = (0.003, 0.013, 0.05)
+
+
+@pytest.fixture(scope="module")
+def variable_session():
+    """RANDOM-WEIGHT STAND-IN with three qualities (gains initialised from the lambdas)."""
+    keras.utils.set_random_seed(6)
+    model = build_codec(num_filters=8, num_latent=12, lambdas=LAMBDAS)
+    kernel, bias = model.g_a[-1].get_weights()
+    model.g_a[-1].set_weights([kernel * 10.0, bias])
+    return CodecSession(model, "codec-test-variable")
+
+
+def test_every_quality_round_trips_exactly_and_higher_quality_spends_more_bits(variable_session):
+    lookup = make_session_lookup(variable_session)
+    image = test_image((70, 93, 3), seed=4)
+    sizes = []
+    for quality in (1, 2, 3):
+        data = compress_array(variable_session, image, quality=quality)
+        header = unpack(data)[0]
+        assert header.quality == quality
+        latents = analyze_image(variable_session, image, quality=quality)
+        _, _, decoded = read_latents(lookup, data)
+        np.testing.assert_array_equal(decoded.y_symbols, latents.y_symbols)
+        np.testing.assert_array_equal(decoded.z_symbols, latents.z_symbols)
+        assert decoded.quality == quality
+        # decoding synthesizes with the quality the file states
+        expected = synthesize_image(variable_session, latents, 70, 93, "rgb")
+        np.testing.assert_array_equal(decompress_bytes(lookup, data), expected)
+        sizes.append(len(data))
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_a_variable_rate_model_needs_a_quality_it_has(variable_session):
+    image = test_image((64, 64, 3))
+    with pytest.raises(ValueError, match="qualities 1..3: give a quality"):
+        compress_array(variable_session, image)
+    for bad in (0, 4, 2.0, True):
+        with pytest.raises(ValueError, match="quality must be"):
+            compress_array(variable_session, image, quality=bad)
+    data = compress_array(variable_session, image, quality=3)
+    with pytest.raises(IaeFormatError, match=r"quality 4.*has qualities 1\.\.3"):
+        decompress_bytes(make_session_lookup(variable_session), repack(data, quality=4))

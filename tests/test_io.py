@@ -1,6 +1,7 @@
 """Image files in and out: discovery, faithful decoding, encoding and atomic writes."""
 
 import io
+import os
 from pathlib import Path
 
 import cv2
@@ -345,6 +346,14 @@ def test_write_bytes_atomic_creates_folders_and_leaves_no_temp_files(tmp_path):
     assert target.read_bytes() == b"second, longer"
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.png"]
     assert part_files(tmp_path) == []
+
+
+def test_write_bytes_atomic_gives_the_usual_permissions_not_the_temp_files_0600(tmp_path):
+    target = tmp_path / "out.bin"
+    write_bytes_atomic(target, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_write_bytes_atomic_replaces_the_file_instead_of_rewriting_it(tmp_path):

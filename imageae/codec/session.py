@@ -11,14 +11,14 @@ Encoding (Balle et al. 2018, Minnen et al. 2018; the model is
 :class:`imageae.models.codec.HyperpriorCodec` or anything with its methods)::
 
     x      = pad(image / 255)                   bottom/right mirror padding to model.stride
-    y      = g_a(x),  z = h_a(y)
+    y      = g_a(x, q),  z = h_a(y, q)          q: the quality (its gains; 1 for a single-rate model)
     z_sym  = round(z),  z_hat = z_sym            section 0: encode_factorized(z_sym, tables)
-    scales, means = h_s(z_hat)                   computed from z_hat exactly as the decoder does
+    scales, means = h_s(z_hat, q)                computed from z_hat exactly as the decoder does
     k      = scale_indexes(scales)
     y_sym  = round(y - means)                    section 1: encode_gaussian(y_sym, k)
 
-and decoding reads ``z_sym``, recomputes ``scales, means`` and ``k`` from it, reads ``y_sym``
-and returns ``crop(g_s(y_sym + means))`` as uint8. Grey images go through a 3-channel model by
+and decoding reads q from the header and ``z_sym``, recomputes ``scales, means`` and ``k``
+from them, reads ``y_sym`` and returns ``crop(g_s(y_sym + means, q))`` as uint8. Grey images go through a 3-channel model by
 replicating the grey channel and come back as the mean of the three decoded channels.
 
 Nothing here touches the filesystem or imports TensorFlow at import time; the model's own
@@ -61,9 +61,11 @@ class UnknownModelError(LookupError):
         return str(self.args[0]) if self.args else ""
 
 
-CodecLatents = collections.namedtuple("CodecLatents", ["z_symbols", "y_symbols", "scale_indexes", "means"])
+CodecLatents = collections.namedtuple("CodecLatents",
+                                      ["z_symbols", "y_symbols", "scale_indexes", "means", "quality"])
 CodecLatents.__doc__ = """The integers a file stores, and what the decoder derives from them.
 
+quality : int, the quality (1-based) they were coded at (in the file's header).
 z_symbols : int32 (H_pad/64, W_pad/64, num_filters), the hyper-latents round(z) (section 0).
 y_symbols : int32 (H_pad/16, W_pad/16, num_latent), the residuals round(y - means) (section 1).
 scale_indexes : int32, y_symbols' shape: the Gaussian table of each residual.
@@ -98,8 +100,9 @@ class CodecSession:
     name : str
         The name the model is registered under: it is written into every file, and a decoder
         finds the model by it. 1 to 64 bytes of printable UTF-8.
-    quality : int
-        The model's quality level (0 to 255), written into every file and checked on reading.
+
+    A file records the quality (1 .. ``model.num_qualities``) it was coded at; a single-rate
+    model has one, quality 1.
 
     Attributes
     ----------
@@ -113,22 +116,22 @@ class CodecSession:
     Examples
     --------
     >>> from imageae.models.codec import build_codec
-    >>> session = CodecSession(build_codec(num_filters=8, num_latent=12), "demo", 3)
+    >>> session = CodecSession(build_codec(num_filters=8, num_latent=12, lambdas=(0.003, 0.03)), "demo")
     >>> image = np.zeros((20, 30, 3), np.uint8)
-    >>> decompress_bytes(make_session_lookup(session), compress_array(session, image)).shape
+    >>> decompress_bytes(make_session_lookup(session), compress_array(session, image, quality=2)).shape
     (20, 30, 3)
     """
 
-    def __init__(self, model, name, quality):
+    def __init__(self, model, name):
         from imageae.runtime import with_precision
 
         try:  # the container's own check of what a header may hold
-            pack(IaeHeader(name, quality, 1, 1, "rgb", BIT_DEPTH), [b""])
+            pack(IaeHeader(name, 1, 1, 1, "rgb", BIT_DEPTH), [b""])
         except ValueError as error:
             raise ValueError(f"cannot make a codec session: {error}") from None
         self.name = name
-        self.quality = quality
         self.model = with_precision(model, "float32", copy=True)
+        self.num_qualities = int(self.model.num_qualities)
         self.channels = int(self.model.channels)
         self.stride = int(self.model.stride)
         pmf, offsets, lengths = self.model.z_pmf_tables(Z_MAX_SUPPORT)
@@ -139,8 +142,8 @@ class CodecSession:
         self.z_offsets.flags.writeable = False
         # Latent sizes measured once on a stride x stride image, rather than assumed.
         probe = np.zeros((1, self.stride, self.stride, self.channels), np.float32)
-        y = self.model.analyze(probe)
-        z = self.model.hyper(y)
+        y = self.model.analyze(probe, 1)
+        z = self.model.hyper(y, 1)
         self.y_factor = self.stride // int(y.shape[1])
         self.z_factor = self.stride // int(z.shape[1])
         self.y_channels = int(y.shape[-1])
@@ -149,8 +152,17 @@ class CodecSession:
             raise ValueError(f"model has {self.z_channels} hyper-latent channels but {len(self.z_tables)} tables")
 
     def __repr__(self):
-        return (f"CodecSession(name={self.name!r}, quality={self.quality}, channels={self.channels}, "
+        return (f"CodecSession(name={self.name!r}, qualities=1..{self.num_qualities}, channels={self.channels}, "
                 f"stride={self.stride})")
+
+    def check_quality(self, quality):
+        """``quality`` as an int; ValueError unless it is 1..num_qualities (None: a single-rate
+        model's only quality)."""
+        if quality is None:
+            if self.num_qualities == 1:
+                return 1
+            raise ValueError(f"model {self.name!r} codes at qualities 1..{self.num_qualities}: give a quality")
+        return self.model.check_quality(quality)
 
     def latent_shapes(self, height, width):
         """Shapes of (z_symbols, y_symbols) for an image of ``height`` x ``width`` pixels."""
@@ -223,13 +235,13 @@ def _check_image(session, image):
     return image, ("grey" if channels == 1 else "rgb")
 
 
-def analyze_image(session, image):
+def analyze_image(session, image, quality=None):
     """The latents :func:`compress_array` stores for ``image`` (see :class:`CodecLatents`).
 
-    ``image`` is validated as by :func:`compress_array`.
+    ``image`` and ``quality`` are validated as by :func:`compress_array`.
     """
     image, _ = _check_image(session, image)
-    return _analyze(session, image)
+    return _analyze(session, image, session.check_quality(quality))
 
 
 def _model_input(session, image):
@@ -240,38 +252,38 @@ def _model_input(session, image):
     return x[None]
 
 
-def _analyze(session, image):
+def _analyze(session, image, quality):
     model = session.model
-    y = model.analyze(_model_input(session, image))
-    z = model.hyper(y)
+    y = model.analyze(_model_input(session, image), quality)
+    z = model.hyper(y, quality)
     if not (np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(z)))):
         raise ValueError(f"model {session.name!r} produced non-finite latents for this image")
     if np.abs(np.asarray(z)).max() >= _INT32_LIMIT:
         raise ValueError(f"model {session.name!r} produced hyper-latents beyond int32")
     z_symbols = np.asarray(model.quantize_latents(z), np.int32)
     # From the integers, as the decoder will: the scale indexes must match bit for bit.
-    scales, means = _scales_means(session, z_symbols)
+    scales, means = _scales_means(session, z_symbols, quality)
     if np.isnan(scales).any():
         raise ValueError(f"model {session.name!r} produced NaN scales for this image")
     residuals = np.asarray(y, np.float32) - means
     if not np.all(np.abs(residuals) < _INT32_LIMIT):
         raise ValueError(f"model {session.name!r} produced latents beyond int32")
     y_symbols = np.asarray(model.quantize_latents(y, means[None]), np.int32)[0]
-    return CodecLatents(z_symbols[0], y_symbols, scale_indexes(scales), means)
+    return CodecLatents(z_symbols[0], y_symbols, scale_indexes(scales), means, quality)
 
 
-def _scales_means(session, z_symbols):
+def _scales_means(session, z_symbols, quality):
     """float32 (scales, means) of y from int32 z symbols (1, h, w, C), batch axis dropped."""
     model = session.model
-    scales, means = model.y_scales_means(model.dequantize_latents(z_symbols))
+    scales, means = model.y_scales_means(model.dequantize_latents(z_symbols), quality)
     return np.asarray(scales, np.float32)[0], np.asarray(means, np.float32)[0]
 
 
-def _header(session, image, colour_mode):
-    return IaeHeader(session.name, session.quality, int(image.shape[0]), int(image.shape[1]), colour_mode, BIT_DEPTH)
+def _header(session, image, colour_mode, quality):
+    return IaeHeader(session.name, quality, int(image.shape[0]), int(image.shape[1]), colour_mode, BIT_DEPTH)
 
 
-def compress_array(session, image):
+def compress_array(session, image, quality=None):
     """Compress a uint8 image into the bytes of an ``.iae`` file.
 
     Parameters
@@ -279,6 +291,9 @@ def compress_array(session, image):
     session : CodecSession
     image : numpy.ndarray of uint8, shape (H, W), (H, W, 1) or (H, W, 3)
         Grey or RGB, any size from 1 x 1 up to 65536 x 65536.
+    quality : int
+        1 .. ``session.num_qualities`` (higher: more bits, better pictures); may be left out
+        for a single-rate model.
 
     Returns
     -------
@@ -290,14 +305,16 @@ def compress_array(session, image):
     ------
     ValueError
         For a dtype other than uint8 (16-bit images are refused, not reduced), an alpha channel,
-        a shape that is not an image, or an image too large for the format.
+        a shape that is not an image, an image too large for the format, or a quality the
+        model does not have.
     TypeError
         If ``image`` is not a numpy array.
     """
     image, colour_mode = _check_image(session, image)
-    header = _header(session, image, colour_mode)
+    quality = session.check_quality(quality)
+    header = _header(session, image, colour_mode, quality)
     pack(header, [b""])  # refuses sizes the format cannot hold before any model work
-    latents = _analyze(session, image)
+    latents = _analyze(session, image, quality)
     side = encode_factorized(latents.z_symbols, session.z_tables, session.z_offsets)
     main = encode_gaussian(latents.y_symbols, latents.scale_indexes)
     return pack(header, [
@@ -306,7 +323,7 @@ def compress_array(session, image):
     ])
 
 
-def estimate_bits(session, image):
+def estimate_bits(session, image, quality=None):
     """Predicted file size of ``image`` in bits, as :class:`RateEstimate`.
 
     ``model_bits`` is ``model.estimate_bpp`` (on the padded image, per original pixel) times
@@ -317,12 +334,13 @@ def estimate_bits(session, image):
     (the scale of every symbol is rounded up to one of 64 table scales).
     """
     image, colour_mode = _check_image(session, image)
+    quality = session.check_quality(quality)
     height, width = image.shape[:2]
-    model_bpp = session.model.estimate_bpp(_model_input(session, image), num_pixels=height * width)
-    latents = _analyze(session, image)
+    model_bpp = session.model.estimate_bpp(_model_input(session, image), quality, num_pixels=height * width)
+    latents = _analyze(session, image, quality)
     table_bits = estimate_factorized_bits(latents.z_symbols, session.z_tables, session.z_offsets)
     table_bits += estimate_gaussian_bits(latents.y_symbols, latents.scale_indexes)
-    empty = pack(_header(session, image, colour_mode), [
+    empty = pack(_header(session, image, colour_mode, quality), [
         pack_section(latents.z_symbols.shape, b""),
         pack_section(latents.y_symbols.shape, b""),
     ])
@@ -353,10 +371,10 @@ def read_latents(session_lookup, data):
             f"file was written by model {header.model_name!r}; session_lookup gave model {session.name!r}"
         )
     problems = []
-    if header.quality != session.quality:
+    if not 1 <= header.quality <= session.num_qualities:
         problems.append(
-            f"it says quality {header.quality}, but the installed {session.name!r} is quality {session.quality} "
-            "(a different model under the same name)"
+            f"it says quality {header.quality}, but the installed {session.name!r} has qualities "
+            f"1..{session.num_qualities} (a different model under the same name)"
         )
     if header.bit_depth != BIT_DEPTH:
         problems.append(f"it says {header.bit_depth} bits per sample; {session.name!r} writes only {BIT_DEPTH}")
@@ -375,19 +393,19 @@ def read_latents(session_lookup, data):
                 f"{header.height}x{header.width} image needs {expected} with model {session.name!r}"
             )
     z_symbols = decode_factorized(side, session.z_tables, session.z_offsets, z_shape)
-    scales, means = _scales_means(session, z_symbols[None])
+    scales, means = _scales_means(session, z_symbols[None], header.quality)
     if np.isnan(scales).any():
         raise IaeFormatError("corrupt .iae file: its hyper-latents give the model no valid scale")
     indexes = scale_indexes(scales)
     y_symbols = decode_gaussian(main, indexes)
-    return header, session, CodecLatents(z_symbols, y_symbols, indexes, means)
+    return header, session, CodecLatents(z_symbols, y_symbols, indexes, means, header.quality)
 
 
 def synthesize_image(session, latents, height, width, colour_mode):
     """uint8 (height, width, 1 or 3) image from decoded latents: crop(g_s(y_symbols + means))."""
     model = session.model
     y_hat = model.dequantize_latents(latents.y_symbols[None], latents.means[None])
-    x_hat = np.asarray(model.synthesize(y_hat), np.float32)[0, :height, :width]
+    x_hat = np.asarray(model.synthesize(y_hat, latents.quality), np.float32)[0, :height, :width]
     # A damaged (but checksum-valid) file can drive g_s to NaN: such pixels become 0, not a cast warning.
     x_hat = np.nan_to_num(x_hat, nan=0.0, posinf=1.0, neginf=0.0)
     if colour_mode == "grey" and x_hat.shape[-1] != 1:

@@ -71,14 +71,15 @@ class DecodedImage:
         return self.pixels.astype(np.float32) / float(2**self.bit_depth - 1)
 
 
-def find_images(inputs, *, recursive=True):
-    """List the image files named by ``inputs``.
+def find_images(inputs, *, recursive=True, extensions=IMAGE_EXTENSIONS):
+    """List the image files (or other files, by ``extensions``) named by ``inputs``.
 
     Parameters
     ----------
     inputs : path or sequence of paths
         Files and folders. A folder contributes every file below it (recursively by
-        default) whose extension, in any case, is one of :data:`IMAGE_EXTENSIONS`. A file
+        default) whose extension, in any case, is one of ``extensions`` (lower case;
+        default :data:`IMAGE_EXTENSIONS`). A file
         named explicitly is listed whatever its extension, so that a bad one is reported
         rather than silently skipped.
 
@@ -102,7 +103,7 @@ def find_images(inputs, *, recursive=True):
         if root.is_dir():
             pattern = root.rglob("*") if recursive else root.glob("*")
             files = sorted(
-                p for p in pattern if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                p for p in pattern if p.is_file() and p.suffix.lower() in extensions
             )
             found.extend((p, p.relative_to(root)) for p in files)
         elif root.is_file():
@@ -299,11 +300,21 @@ def encode_image(image, fmt, *, quality=95):
     return buffer.getvalue()
 
 
+def _read_umask():
+    mask = os.umask(0)  # the only portable way to read it is to set it (once, at import:
+    os.umask(mask)  # the writer threads must not race a temporary umask of 0)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def write_bytes_atomic(path, data):
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     A reader never sees a half-written file, and an interrupted run leaves no partial output
-    under the final name.
+    under the final name. The file gets the permissions a plain ``open`` would give it
+    (0666 less the umask), not the temporary file's private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,6 +322,7 @@ def write_bytes_atomic(path, data):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         try:

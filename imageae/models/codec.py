@@ -279,8 +279,8 @@ class HyperpriorCodec(keras.Model):
     """Scale hyperprior (Balle 2018) or mean-scale hyperprior (Minnen 2018) image codec model,
     at one quality or at several (gain units, Cui 2021).
 
-    Calling the model on a float image batch (N, H, W, channels) on the 0..1 scale, with H
-    and W multiples of :attr:`stride`, returns a dict: ``x_hat`` (unclipped reconstruction),
+    Calling the model on a float image batch (N, H, W, channels) on the 0..1 scale (or a
+    uint8 batch on 0..255), with H and W multiples of :attr:`stride`, returns a dict: ``x_hat`` (unclipped reconstruction),
     ``y_likelihoods`` (N, H/16, W/16, num_latent), ``z_likelihoods`` (N, H/64, W/64,
     num_filters), all float32, and ``quality`` (int32 (N,), the quality each image was coded
     at). ``training=True`` adds uniform noise in place of rounding.
@@ -409,14 +409,16 @@ class HyperpriorCodec(keras.Model):
             log_lambdas = np.log(np.asarray(self.lambdas))
             start = (0.5 * (log_lambdas - log_lambdas.mean()))[:, None].repeat(self.num_latent, axis=1)
             q, m, n = self.num_qualities, self.num_latent, self.num_filters
-            self.log_gains = self.add_weight(shape=(q, m), initializer=keras.initializers.Constant(start),
-                                             name="log_gains", dtype="float32")
-            self.log_inverse_gains = self.add_weight(shape=(q, m), initializer=keras.initializers.Constant(-start),
-                                                     name="log_inverse_gains", dtype="float32")
-            self.log_hyper_gains = self.add_weight(shape=(q, n), initializer="zeros", name="log_hyper_gains",
-                                                   dtype="float32")
-            self.log_hyper_inverse_gains = self.add_weight(shape=(q, n), initializer="zeros",
-                                                           name="log_hyper_inverse_gains", dtype="float32")
+
+            def gains(name, width, initializer):
+                # float32 and never autocast: the gains scale y before rounding.
+                return self.add_weight(shape=(q, width), initializer=initializer, name=name, dtype="float32",
+                                       autocast=False)
+
+            self.log_gains = gains("log_gains", m, keras.initializers.Constant(start))
+            self.log_inverse_gains = gains("log_inverse_gains", m, keras.initializers.Constant(-start))
+            self.log_hyper_gains = gains("log_hyper_gains", n, "zeros")
+            self.log_hyper_inverse_gains = gains("log_hyper_inverse_gains", n, "zeros")
         self.built = True
 
     @property
@@ -473,12 +475,21 @@ class HyperpriorCodec(keras.Model):
             h = layer(h)
         return h
 
+    @staticmethod
+    def unit_scale(x):
+        """Images as float32 on the 0..1 scale: integer (uint8) input is divided by 255, float
+        input is taken as already on 0..1."""
+        x = ops.convert_to_tensor(x)
+        if "int" in keras.backend.standardize_dtype(x.dtype):
+            return ops.cast(x, "float32") / 255.0
+        return ops.cast(x, "float32")
+
     def analyze(self, x, quality=None):
         """y = g_a(x) (times the quality's gain): float32 (N, H/16, W/16, num_latent) latents of
-        images on the 0..1 scale."""
+        images on the 0..1 scale (or uint8 images, see :meth:`unit_scale`)."""
         x = ops.convert_to_tensor(x)
         self._check_images(x)
-        y = ops.cast(self._run(self.g_a, ops.cast(x, "float32")), "float32")
+        y = ops.cast(self._run(self.g_a, self.unit_scale(x)), "float32")
         return self._gain(getattr(self, "log_gains", None), y, quality)
 
     def hyper(self, y, quality=None):
@@ -596,7 +607,7 @@ class HyperpriorCodec(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y_pred is None:
             y_pred = self(x, training=training)
-        x = ops.cast(x, "float32")
+        x = self.unit_scale(x)
         x_hat = ops.cast(y_pred["x_hat"], "float32")
         num_pixels = ops.cast(ops.shape(x)[1] * ops.shape(x)[2], "float32")
         bpp = self.bits_per_image(y_pred) / num_pixels

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imageae.data.io import ImageReadError, find_images, read_image
+from imageae.data.io import IMAGE_EXTENSIONS, ImageReadError, find_images, read_image
 
 
 @dataclasses.dataclass
@@ -53,10 +53,11 @@ class _Task:
     target: Path
 
 
-def plan_outputs(inputs, output_dir, *, suffix_for, overwrite=False, report=None):
+def plan_outputs(inputs, output_dir, *, suffix_for, overwrite=False, report=None, extensions=IMAGE_EXTENSIONS):
     """Pair each input file with its output path; refuse collisions and input overwrites.
 
-    ``suffix_for(path)`` gives the output extension for an input path.
+    ``suffix_for(path)`` gives the output extension for an input path; folders contribute
+    the files whose extension is in ``extensions``.
     """
     output_dir = Path(output_dir)
     out_resolved = output_dir.resolve()
@@ -65,7 +66,7 @@ def plan_outputs(inputs, output_dir, *, suffix_for, overwrite=False, report=None
     input_roots = {Path(i).resolve() for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)}
     # An earlier run's outputs inside an input folder are not inputs.
     found = [
-        (p, r) for p, r in find_images(inputs)
+        (p, r) for p, r in find_images(inputs, extensions=extensions)
         if not (out_resolved in p.resolve().parents and out_resolved not in input_roots)
     ]
     sources = {p.resolve() for p, _ in found}

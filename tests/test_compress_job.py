@@ -1,0 +1,143 @@
+"""The compress job's plumbing: ``imageae.compress`` / ``imageae.decompress``, the folder jobs
+and ``imageae compress`` / ``imageae decompress`` / ``imageae train codec``.
+
+The codec here is a tiny model trained for 20 steps by ``imageae train codec`` on generated
+images (a RANDOM-WEIGHT-CLASS STAND-IN: it barely compresses). These tests check formats,
+modes, rate control, bad input and exit codes; picture quality belongs with the shipped codec
+(tests/test_shipped_models.py, benchmarks/compress.py).
+"""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli, smooth_image
+from PIL import Image
+
+import imageae
+from imageae.codec import IaeFormatError, UnknownModelError, unpack
+
+
+@pytest.fixture(scope="module")
+def codec_file(tmp_path_factory):
+    """A 2-quality codec trained for 20 steps through the CLI (its card is checked too)."""
+    root = tmp_path_factory.mktemp("codec")
+    photos = root / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(smooth_image(96, 128, seed=20 + i)).save(photos / f"p{i}.png")
+    model = root / "tiny-codec.keras"
+    code, out, err = run_cli(
+        "train", "codec", "--data", photos, "-o", model, "--filters", "8", "--latent", "12", "--lambdas",
+        "0.004,0.04", "--steps", "20", "--steps-per-epoch", "10", "--patch-size", "64", "--batch-size", "4",
+        "--warmup-steps", "5", "--checkpoint-dir", root / "ck", "--precision", "float32",
+    )
+    assert code == 0, err
+    return model
+
+
+def test_train_codec_writes_a_card_with_every_quality(codec_file):
+    card = json.loads(codec_file.with_suffix(".json").read_text())
+    assert card["rate_distortion"]["lambdas"] == [0.004, 0.04]
+    rates = card["metrics"]["validation_bpp_estimate_by_quality"]
+    assert len(rates) == 2 and rates[0] < rates[1]
+    assert card["training"]["steps"] == 20 and codec_file.with_suffix(".curve.png").exists()
+
+
+def test_train_codec_refuses_a_patch_size_off_the_stride(tmp_path):
+    code, _, err = run_cli("train", "codec", "--data", tmp_path, "-o", tmp_path / "m.keras", "--patch-size", "100")
+    assert code == 2 and "multiple of 64" in err
+
+
+@pytest.mark.parametrize("shape", [(37, 51, 3), (64, 64, 3), (50, 70)], ids=["odd-rgb", "stride-rgb", "grey-2d"])
+def test_compress_decompress_round_trip_keeps_size_and_mode(codec_file, shape):
+    image = smooth_image(shape[0], shape[1], channels=3 if len(shape) == 3 else 1, seed=5)
+    image = image.reshape(shape)
+    data = imageae.compress(image, quality=2, model=str(codec_file))
+    assert isinstance(data, bytes) and unpack(data)[0].quality == 2
+    decoded = imageae.decompress(data, models=[str(codec_file)])
+    assert decoded.dtype == np.uint8 and decoded.shape == shape
+    # the same bytes again, and the same pixels again
+    assert imageae.compress(image, quality=2, model=str(codec_file)) == data
+    np.testing.assert_array_equal(imageae.decompress(data, models=[str(codec_file)]), decoded)
+
+
+def test_compress_takes_pil_images_and_refuses_alpha_16_bit_and_floats(codec_file):
+    rgb = smooth_image(40, 40, seed=3)
+    model = str(codec_file)
+    assert imageae.compress(Image.fromarray(rgb), quality=1, model=model) == imageae.compress(rgb, quality=1, model=model)
+    with pytest.raises(ValueError, match="alpha"):
+        imageae.compress(Image.fromarray(rgb).convert("RGBA"), model=model, quality=1)
+    with pytest.raises(ValueError, match="alpha"):
+        imageae.compress(np.dstack([rgb, rgb[..., :1]]), model=model, quality=1)
+    with pytest.raises(ValueError, match="16-bit"):
+        imageae.compress(rgb.astype(np.uint16) * 257, model=model, quality=1)
+    with pytest.raises(ValueError, match="uint8"):
+        imageae.compress(rgb / 255.0, model=model, quality=1)
+    with pytest.raises(TypeError, match="numpy array or a PIL image"):
+        imageae.compress(rgb.tolist(), model=model, quality=1)
+    with pytest.raises(ValueError, match="not both"):
+        imageae.compress(rgb, model=model, quality=1, target_bpp=1.0)
+    with pytest.raises(ValueError, match="quality must be 1..2"):
+        imageae.compress(rgb, model=model, quality=3)
+
+
+def test_target_bpp_picks_the_best_quality_that_fits(codec_file):
+    image = smooth_image(128, 128, seed=8)
+    model = str(codec_file)
+    sizes = [8 * len(imageae.compress(image, quality=q, model=model)) / image[..., 0].size for q in (1, 2)]
+    assert sizes[0] < sizes[1]
+    between = (sizes[0] + sizes[1]) / 2
+    for target, quality in ((sizes[1] + 0.01, 2), (between, 1), (sizes[0] / 2, 1)):
+        assert unpack(imageae.compress(image, target_bpp=target, model=model))[0].quality == quality
+    with pytest.raises(ValueError, match="positive"):
+        imageae.compress(image, target_bpp=0, model=model)
+
+
+def test_decompress_names_bad_input(codec_file):
+    data = imageae.compress(smooth_image(40, 40, seed=1), quality=1, model=str(codec_file))
+    with pytest.raises(UnknownModelError, match="'tiny-codec', which is not installed.*pass its .keras file"):
+        imageae.decompress(data)
+    with pytest.raises(IaeFormatError, match="truncated"):
+        imageae.decompress(data[:20], models=[str(codec_file)])
+    with pytest.raises(TypeError, match="bytes"):
+        imageae.decompress("file.iae")
+
+
+def test_cli_compress_and_decompress_folders(codec_file, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(smooth_image(60, 90, seed=1)).save(src / "a.png")
+    Image.fromarray(smooth_image(33, 47, seed=2)[..., 0]).save(src / "sub" / "grey.JPG")
+    Image.fromarray(smooth_image(20, 20, seed=3)).convert("RGBA").save(src / "alpha.png")
+    (src / "broken.png").write_bytes(b"not a png")
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    packed, restored = tmp_path / "packed", tmp_path / "restored"
+
+    code, out, err = run_cli("compress", src, "-o", packed, "--model", codec_file, "--quality", "2")
+    assert code == 1
+    assert "compressed 2 file(s)" in err and "failed 2" in err
+    assert "alpha.png: has an alpha channel" in err and "broken.png: cannot decode image" in err
+    assert sorted(p.relative_to(packed).as_posix() for p in packed.rglob("*.iae")) == ["a.iae", "sub/grey.iae"]
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # inputs untouched
+
+    code, out, err = run_cli("decompress", packed, "-o", restored, "--model", codec_file)
+    assert code == 0, err
+    assert Image.open(restored / "a.png").size == (90, 60)
+    grey = Image.open(restored / "sub" / "grey.png")
+    assert (grey.size, grey.mode) == ((47, 33), "L")
+
+    # a second run skips what exists; a damaged file is named, the rest still decoded
+    (packed / "bad.iae").write_bytes((packed / "a.iae").read_bytes()[:-3])
+    code, out, err = run_cli("decompress", packed, "-o", restored, "--model", codec_file)
+    assert code == 1 and "skipped 2 existing" in err and "bad.iae" in err and "truncated" in err
+
+
+def test_cli_compress_usage_errors(codec_file, tmp_path):
+    Image.fromarray(smooth_image(20, 20, seed=3)).save(tmp_path / "a.png")
+    code, _, err = run_cli("compress", tmp_path / "a.png", "-o", tmp_path / "o", "--model", codec_file, "--quality", "9")
+    assert code == 2 and "quality must be 1..2" in err
+    code, _, err = run_cli("compress", tmp_path / "a.png", "-o", tmp_path / "o", "--quality", "2", "--target-bpp", "1")
+    assert code == 2 and "not allowed with" in err
+    code, _, err = run_cli("compress", tmp_path / "a.png", "-o", tmp_path / "o", "--model", "no-such-codec")
+    assert code == 2 and "unknown model 'no-such-codec'" in err
