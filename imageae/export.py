@@ -13,6 +13,18 @@ denoiser
     formats mixed) -> ``denoised_bytes`` (string [N], 8-bit PNG). Decoding is TensorFlow's:
     8-bit, no EXIF orientation, no alpha; use the Python package for 16-bit or alpha.
     ``denoise``: ``images`` (float32 [N, H, W, C] on 0..1) -> ``denoised`` (float32).
+codec (the transforms; the entropy coding stays with the client, see :mod:`imageae.codec.serving`)
+    ``analysis``: ``images`` (uint8 [1, H, W, 3], one image of any size; grey replicated to
+    RGB by the client), ``quality`` (int32 scalar, 1..Q) -> ``z_symbols``, ``y_symbols`` and
+    ``scale_indexes`` (int32 [1, h, w, C]): the integers an ``.iae`` file stores, and the
+    Gaussian table of each y symbol;
+    ``scale_indexes``: ``z_symbols``, ``quality`` -> ``scale_indexes`` (what a decoder needs
+    before it can read the y symbols);
+    ``synthesis``: ``y_symbols``, ``z_symbols``, ``quality``, ``height``, ``width`` (int32) ->
+    ``images`` (float32 [1, height, width, 3] on 0..1; x 255 and round for uint8, average the
+    channels first for a grey file, as :func:`imageae.codec.synthesize_image` does);
+    ``z_tables``: no input -> ``z_cdf_tables`` (int32 [num_filters, L], each row a 16-bit
+    frequency table, zero-padded), ``z_table_lengths``, ``z_offsets`` (int32 [num_filters]).
 VAE
     ``generate``: ``seed`` (int64), ``count`` (int32), ``temperature`` (float32) ->
     ``images_bytes`` (string [count], PNG), sampled from the model's latent mixture exactly as
@@ -104,6 +116,74 @@ def _vae_archive(model):
     return archive
 
 
+def _codec_archive(model):
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from imageae.codec.coder import SCALE_LEVELS, SCALE_TABLE, quantize_pmf_tables
+    from imageae.codec.session import Z_MAX_SUPPORT
+
+    stride = int(model.stride)
+    # The same float32 bounds as imageae.codec.coder.scale_indexes compares against.
+    bounds = tf.constant(SCALE_TABLE.astype(np.float32))
+    pmf, offsets, lengths = model.z_pmf_tables(Z_MAX_SUPPORT)
+    tables = quantize_pmf_tables(pmf, lengths)
+    width = max(len(t) for t in tables)
+    z_cdf = np.zeros((len(tables), width), np.int32)
+    for row, table in zip(z_cdf, tables):
+        row[: len(table)] = table
+    z_cdf, z_lengths = tf.constant(z_cdf), tf.constant([len(t) for t in tables], tf.int32)
+    z_offsets = tf.constant(np.asarray(offsets, np.int32))
+
+    def indexes_and_means(z_symbols, quality):
+        scales, means = model.y_scales_means(tf.cast(z_symbols, tf.float32), tf.reshape(quality, [1]))
+        k = tf.searchsorted(tf.reshape(bounds, [1, -1]), tf.reshape(scales, [1, -1]), side="left")
+        k = tf.reshape(tf.minimum(k, SCALE_LEVELS - 1), tf.shape(scales))
+        return tf.cast(k, tf.int32), means
+
+    def analysis(images, quality):
+        # Mirror padding at the bottom and right, as imageae.pipelines.tiling.pad_to_multiple does.
+        h, w = tf.shape(images)[1], tf.shape(images)[2]
+        x = tf.cast(images, tf.float32) / 255.0
+        x = tf.pad(x, [[0, 0], [0, (-h) % stride], [0, (-w) % stride], [0, 0]], mode="SYMMETRIC")
+        q = tf.reshape(quality, [1])
+        y = model.analyze(x, q)
+        z_symbols = tf.cast(tf.round(model.hyper(y, q)), tf.int32)
+        k, means = indexes_and_means(z_symbols, quality)
+        y_symbols = tf.cast(tf.round(y - means), tf.int32)
+        return {"z_symbols": z_symbols, "y_symbols": y_symbols, "scale_indexes": k}
+
+    def synthesis(y_symbols, z_symbols, quality, height, width):
+        _, means = indexes_and_means(z_symbols, quality)
+        x = model.synthesize(tf.cast(y_symbols, tf.float32) + means, tf.reshape(quality, [1]))
+        return {"images": x[:, :height, :width, :]}
+
+    channels, n, m = int(model.channels), int(model.num_filters), int(model.num_latent)
+    quality = tf.TensorSpec([], tf.int32, name="quality")
+    z_spec = tf.TensorSpec([1, None, None, n], tf.int32, name="z_symbols")
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "analysis", analysis,
+        input_signature=[tf.TensorSpec([1, None, None, channels], tf.uint8, name="images"), quality],
+    )
+    archive.add_endpoint(
+        "scale_indexes", lambda z_symbols, quality: {"scale_indexes": indexes_and_means(z_symbols, quality)[0]},
+        input_signature=[z_spec, quality],
+    )
+    archive.add_endpoint(
+        "synthesis", synthesis,
+        input_signature=[tf.TensorSpec([1, None, None, m], tf.int32, name="y_symbols"), z_spec, quality,
+                         tf.TensorSpec([], tf.int32, name="height"), tf.TensorSpec([], tf.int32, name="width")],
+    )
+    archive.add_endpoint(
+        "z_tables", lambda: {"z_cdf_tables": z_cdf, "z_table_lengths": z_lengths, "z_offsets": z_offsets},
+        input_signature=[],
+    )
+    return archive
+
+
 def export_saved_model(model, directory, *, version=1, name=None):
     """Export a shipped model (name) or a .keras file for TensorFlow Serving.
 
@@ -130,6 +210,7 @@ def export_saved_model(model, directory, *, version=1, name=None):
     PosixPath('/tmp/serving/denoise-grey/1')
     """
     from imageae import registry
+    from imageae.models.codec import HyperpriorCodec
     from imageae.models.denoiser import DenoiserUNet
     from imageae.models.vae import ConvVAE
     from imageae.runtime import with_precision
@@ -143,6 +224,8 @@ def export_saved_model(model, directory, *, version=1, name=None):
         archive = _denoiser_archive(loaded)
     elif isinstance(loaded, ConvVAE):
         archive = _vae_archive(loaded)
+    elif isinstance(loaded, HyperpriorCodec):
+        archive = _codec_archive(loaded)
     else:
         raise ValueError(f"{path}: cannot export a {type(loaded).__name__} (no serving signatures defined)")
     target = Path(directory) / (name or (entry.name if entry else Path(path).stem)) / str(int(version))

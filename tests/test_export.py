@@ -47,6 +47,18 @@ _CLIENT = textwrap.dedent(
         out["pngs"] = [b.hex() for b in loaded.signatures["generate"](**args)["images_bytes"].numpy()]
         z = loaded.signatures["encode"](images=tf.zeros([1] + request["shape"]))["z_mean"]
         out["decoded_shape"] = list(loaded.signatures["decode"](z=z)["images"].shape)
+    if "codec_image" in request:
+        image = tf.constant(np.asarray(request["codec_image"], np.uint8)[None])
+        q = tf.constant(request["quality"], tf.int32)
+        got = loaded.signatures["analysis"](images=image, quality=q)
+        out["latents"] = {k: v.numpy().tolist() for k, v in got.items()}
+        k = loaded.signatures["scale_indexes"](z_symbols=got["z_symbols"], quality=q)["scale_indexes"]
+        out["same_indexes"] = bool(np.array_equal(k.numpy(), got["scale_indexes"].numpy()))
+        h, w = image.shape[1], image.shape[2]
+        x = loaded.signatures["synthesis"](y_symbols=got["y_symbols"], z_symbols=got["z_symbols"], quality=q,
+                                           height=tf.constant(h), width=tf.constant(w))["images"]
+        out["synthesis_shape"] = list(x.shape)
+        out["z_tables"] = sorted(loaded.signatures["z_tables"]().keys())
     out["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("imageae", "keras") and m not in keras_before)
     print(json.dumps(out))
     """
@@ -181,3 +193,61 @@ def test_shipped_vae_export_generates_the_api_images_for_a_seed(name, shipped_mo
     expected = imageae.generate(3, model=name, seed=11, temperature=0.8, precision="float32")
     np.testing.assert_array_equal(served.reshape(expected.shape), expected)
     assert out["decoded_shape"] == [1, vae.image_size, vae.image_size, vae.channels]
+
+
+def _codec_round_trip_matches_the_api(model, tmp_path, image, quality):
+    """Export ``model`` (name or .keras path); the served transforms give the API's latents, and
+    the client helper writes the API's bytes and decodes the API's pixels."""
+    import tensorflow as tf
+
+    from imageae.api import codec_session
+    from imageae.codec import analyze_image
+    from imageae.codec.serving import ServedCodec
+
+    target = export_saved_model(model, tmp_path)
+    out = _run_client({"path": str(target), "codec_image": image.tolist(), "quality": quality})
+    assert out["modules"] == []
+    assert {"analysis", "scale_indexes", "synthesis", "z_tables"} <= set(out["signatures"])
+    session = codec_session(model)
+    expected = analyze_image(session, image, quality)
+    for key, value in (("z_symbols", expected.z_symbols), ("y_symbols", expected.y_symbols),
+                       ("scale_indexes", expected.scale_indexes)):
+        np.testing.assert_array_equal(np.asarray(out["latents"][key])[0], value)
+    assert out["same_indexes"] and out["synthesis_shape"] == [1, *image.shape]
+    assert out["z_tables"] == ["z_cdf_tables", "z_offsets", "z_table_lengths"]
+
+    loaded = tf.saved_model.load(str(target))
+
+    def predict(signature, inputs):
+        result = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in result.items()}
+
+    served = ServedCodec(predict, session.name)
+    data = served.compress(image, quality)
+    assert data == imageae.compress(image, quality=quality, model=model)
+    np.testing.assert_array_equal(served.decompress(data), imageae.decompress(data, models=[model]).reshape(
+        image.shape[0], image.shape[1], -1))
+
+
+def test_codec_export_serves_the_api_latents_and_the_client_writes_the_api_bytes(tmp_path):
+    import keras
+
+    from imageae.models.codec import build_codec
+
+    keras.utils.set_random_seed(5)
+    model = build_codec(num_filters=8, num_latent=12, lambdas=(0.004, 0.04))
+    kernel, bias = model.g_a[-1].get_weights()
+    model.g_a[-1].set_weights([kernel * 10.0, bias])  # an untrained model that spends bits
+    path = tmp_path / "tiny-codec.keras"
+    model.save(path)
+    rng = np.random.default_rng(3)
+    image = np.clip(rng.normal(128, 40, (37, 70, 3)), 0, 255).astype(np.uint8)
+    _codec_round_trip_matches_the_api(str(path), tmp_path / "serving", image, 2)
+
+
+@pytest.mark.slow
+def test_shipped_codec_export_serves_the_api_latents(shipped_models, tmp_path):
+    from imageae.data.io import read_image
+
+    image = read_image(DATA / "clean" / "coffee.png").pixels[:100, :150]
+    _codec_round_trip_matches_the_api("codec-v1", tmp_path, image, 4)

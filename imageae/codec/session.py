@@ -406,6 +406,11 @@ def synthesize_image(session, latents, height, width, colour_mode):
     model = session.model
     y_hat = model.dequantize_latents(latents.y_symbols[None], latents.means[None])
     x_hat = np.asarray(model.synthesize(y_hat, latents.quality), np.float32)[0, :height, :width]
+    return to_uint8(x_hat, colour_mode)
+
+
+def to_uint8(x_hat, colour_mode):
+    """A synthesized float image (h, w, C) on 0..1 as the uint8 image of ``colour_mode``."""
     # A damaged (but checksum-valid) file can drive g_s to NaN: such pixels become 0, not a cast warning.
     x_hat = np.nan_to_num(x_hat, nan=0.0, posinf=1.0, neginf=0.0)
     if colour_mode == "grey" and x_hat.shape[-1] != 1:
