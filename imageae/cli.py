@@ -460,7 +460,8 @@ def _cmd_models(args):
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         flag = "" if r["available"] else "  [weights missing]"
-        print(f"{r['name']:<{width}}  {r['job']:<9} {r['colour_mode']:<7} {r['description']}{flag}")
+        qualities = f" (--quality 1..{r['qualities']})" if r.get("qualities") else ""
+        print(f"{r['name']:<{width}}  {r['job']:<9} {r['colour_mode']:<7} {r['description']}{qualities}{flag}")
         print(f"{'':<{width}}  {os.path.relpath(r['file'])}")
     return EXIT_OK
 

@@ -45,7 +45,7 @@ class ModelEntry:
             return {}
 
     def as_dict(self):
-        return {
+        row = {
             "name": self.name,
             "job": self.job,
             "colour_mode": self.colour_mode,
@@ -53,6 +53,9 @@ class ModelEntry:
             "available": self.path.exists(),
             "description": self.description,
         }
+        if self.job == "compress":  # the --quality range, from the model card
+            row["qualities"] = self.card().get("rate_distortion", {}).get("qualities")
+        return row
 
 
 MODELS = {
@@ -86,7 +89,8 @@ MODELS = {
             "codec-v1",
             "compress",
             "both",
-            "learned image codec, 6 qualities (mean-scale hyperprior with gain units, trained on BSDS500 train+test)",
+            "learned image codec, experimental: undertrained, below JPEG so far (mean-scale hyperprior, "
+            "one model for every quality, trained on BSDS500 train+test)",
         ),
         ModelEntry(
             "digit-classifier",

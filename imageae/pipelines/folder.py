@@ -1,10 +1,13 @@
 """Folder jobs: discover images, decode them in a tf.data pipeline, process, write atomically.
 
-Every job (denoise, and the codec's compress/decompress) goes through :func:`run_folder_job`:
+Every folder job (``imageae.denoise_folder``, ``compress_folder``, ``decompress_folder``) is
+built from these parts:
 
-    paths -> tf.data (parallel decode, prefetch; the path travels with each element, so a bad
-    file is named) -> the job's batched processing -> a thread pool that encodes and writes
-    each result atomically while the next batch computes -> a :class:`FolderReport`.
+    :func:`plan_outputs` (discovery, mirrored output paths, collisions, skip/overwrite) ->
+    :func:`decoded_images` (tf.data: parallel decode, prefetch; the path travels with each
+    element, so a bad file is named) -> the job's processing -> :class:`Writer` (a thread pool
+    that encodes and writes each result atomically while the next one computes) -> a
+    :class:`FolderReport`.
 
 Inputs are never overwritten: an output path that is also an input is refused, and the
 output tree mirrors the input tree below the output folder.
