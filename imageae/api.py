@@ -1,6 +1,5 @@
 """The public Python API: denoise, compress and generate (re-exported by :mod:`imageae`)."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -211,14 +210,7 @@ def denoise_folder(
     -------
     FolderReport
     """
-    from imageae.pipelines.folder import (
-        FolderReport,
-        Writer,
-        decoded_images,
-        ensure_output_dir,
-        plan_outputs,
-        progress_bar,
-    )
+    from imageae.pipelines.folder import FolderReport, decoded_images, ensure_output_dir, plan_outputs, running_job
 
     if ext is not None:
         output_format(None, ext)  # validates the extension up front
@@ -226,9 +218,6 @@ def denoise_folder(
     tasks = plan_outputs(inputs, output, suffix_for=_suffix_for(ext), overwrite=overwrite, report=report)
     ensure_output_dir(output)
     denoiser = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size)
-    writer = Writer(report)
-    bar = progress_bar(len(tasks), desc="denoise", enabled=progress)
-    start = time.perf_counter()
     decoded_by_task = {}
 
     def items():
@@ -243,19 +232,12 @@ def denoise_folder(
     def write(target, decoded, y):
         write_image(target, from_float(y, decoded), fmt=WRITE_FORMATS[Path(target).suffix.lower()], quality=quality)
 
-    try:
+    with running_job(report, len(tasks), desc="denoise", progress=progress) as (writer, bar):
         for key, y in denoiser.run(items()):
             task, decoded = decoded_by_task.pop(key)
             report.pixels += decoded.pixels.shape[0] * decoded.pixels.shape[1]
             writer.submit(task, write, decoded, y)
             bar.update(1)
-    except BaseException:
-        writer.close(cancel=True)
-        bar.close()
-        raise
-    writer.close()
-    bar.close()
-    report.seconds = time.perf_counter() - start
     return report
 
 
@@ -493,14 +475,7 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
     FolderReport (``pixels`` and ``seconds`` give the speed; ``bits`` the bytes written x 8)
     """
     from imageae.data.io import write_bytes_atomic
-    from imageae.pipelines.folder import (
-        FolderReport,
-        Writer,
-        decoded_images,
-        ensure_output_dir,
-        plan_outputs,
-        progress_bar,
-    )
+    from imageae.pipelines.folder import FolderReport, decoded_images, ensure_output_dir, plan_outputs, running_job
 
     if quality is not None and target_bpp is not None:
         raise ValueError("give quality or target_bpp, not both")
@@ -510,10 +485,7 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
     report = FolderReport()
     tasks = plan_outputs(inputs, output, suffix_for=lambda path: IAE_EXTENSION, overwrite=overwrite, report=report)
     ensure_output_dir(output)
-    writer = Writer(report)
-    bar = progress_bar(len(tasks), desc="compress", enabled=progress)
-    start = time.perf_counter()
-    try:
+    with running_job(report, len(tasks), desc="compress", progress=progress) as (writer, bar):
         for task, decoded, error in decoded_images(tasks, decode=_read_for_codec):
             bar.update(1)
             if error:
@@ -526,13 +498,6 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
                 continue
             report.pixels += decoded.pixels.shape[0] * decoded.pixels.shape[1]
             writer.submit(task, write_bytes_atomic, data)
-    except BaseException:
-        writer.close(cancel=True)
-        bar.close()
-        raise
-    writer.close()
-    bar.close()
-    report.seconds = time.perf_counter() - start
     return report
 
 
@@ -549,16 +514,9 @@ def decompress_folder(inputs, output, *, ext=".png", models=None, overwrite=Fals
     picks the format (.png by default: lossless, so the decoded pixels are kept exactly).
     A damaged or foreign file is recorded in the report with the reason and the run goes on.
     """
-    from imageae.codec import IaeFormatError, UnknownModelError
+    from imageae.codec import IaeFormatError, UnknownModelError, decompress_bytes
     from imageae.data.io import ImageReadError
-    from imageae.pipelines.folder import (
-        FolderReport,
-        Writer,
-        decoded_images,
-        ensure_output_dir,
-        plan_outputs,
-        progress_bar,
-    )
+    from imageae.pipelines.folder import FolderReport, decoded_images, ensure_output_dir, plan_outputs, running_job
 
     ext = ext if ext.startswith(".") else "." + ext
     fmt = output_format(None, ext)
@@ -567,9 +525,6 @@ def decompress_folder(inputs, output, *, ext=".png", models=None, overwrite=Fals
     tasks = plan_outputs(inputs, output, suffix_for=lambda path: ext, overwrite=overwrite, report=report,
                          extensions=(IAE_EXTENSION,))
     ensure_output_dir(output)
-    writer = Writer(report)
-    bar = progress_bar(len(tasks), desc="decompress", enabled=progress)
-    start = time.perf_counter()
 
     def read_bytes(path):
         try:
@@ -577,9 +532,7 @@ def decompress_folder(inputs, output, *, ext=".png", models=None, overwrite=Fals
         except OSError as error:
             raise ImageReadError(f"cannot read file: {error.strerror or error}") from None
 
-    try:
-        from imageae.codec import decompress_bytes
-
+    with running_job(report, len(tasks), desc="decompress", progress=progress) as (writer, bar):
         for task, data, error in decoded_images(tasks, decode=read_bytes):
             bar.update(1)
             if error:
@@ -592,11 +545,4 @@ def decompress_folder(inputs, output, *, ext=".png", models=None, overwrite=Fals
                 continue
             report.pixels += pixels.shape[0] * pixels.shape[1]
             writer.submit(task, _write_decoded, pixels, fmt)
-    except BaseException:
-        writer.close(cancel=True)
-        bar.close()
-        raise
-    writer.close()
-    bar.close()
-    report.seconds = time.perf_counter() - start
     return report

@@ -14,9 +14,11 @@ output tree mirrors the input tree below the output folder.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +164,25 @@ class Writer:
             self.pool.shutdown(wait=True, cancel_futures=True)
         self._collect(block=True)
         self.pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def running_job(report, total, *, desc, progress=None):
+    """``(writer, bar)`` for a folder job's loop: on leaving, the writes are finished (or, on an
+    error or Ctrl-C, the queued ones cancelled and the running ones completed), the bar closed
+    and ``report.seconds`` set."""
+    writer = Writer(report)
+    bar = progress_bar(total, desc=desc, enabled=progress)
+    start = time.perf_counter()
+    try:
+        yield writer, bar
+    except BaseException:
+        writer.close(cancel=True)
+        bar.close()
+        raise
+    writer.close()
+    bar.close()
+    report.seconds = time.perf_counter() - start
 
 
 def ensure_output_dir(path):
