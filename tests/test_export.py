@@ -115,6 +115,13 @@ def test_saved_model_cli_lists_named_signatures(random_weight_models, tmp_path):
     for name in ("signature_def['serving_default']", "inputs['images_bytes']", "outputs['denoised_bytes']",
                  "signature_def['denoise']", "inputs['images']", "outputs['denoised']"):
         assert name in shown.stdout
+    target = export_saved_model("codec-v1", tmp_path)  # the stand-in codec
+    shown = subprocess.run(["saved_model_cli", "show", "--all", "--dir", str(target)], capture_output=True, text=True)
+    assert shown.returncode == 0
+    for name in ("signature_def['analysis']", "inputs['quality']", "outputs['scale_indexes']",
+                 "signature_def['synthesis']", "inputs['y_symbols']", "outputs['images']",
+                 "signature_def['z_tables']", "outputs['z_cdf_tables']", "signature_def['scale_indexes']"):
+        assert name in shown.stdout
 
 
 @pytest.mark.skipif(shutil.which("tensorflow_model_server") is None, reason="tensorflow_model_server not installed")
