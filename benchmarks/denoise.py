@@ -123,10 +123,14 @@ def score(clean, result):
 # Methods: each maps (noisy float64 0..255 unclipped, sigma) -> uint8 result
 
 
+SELF_ENSEMBLE = False  # --self-ensemble: imageae averages over the 8 flips and rotations
+
+
 def run_imageae(noisy, sigma, *, model, precision="auto"):
     import imageae
 
-    y = imageae.denoise((noisy / 255.0).astype(np.float32), model=model, precision=precision)
+    y = imageae.denoise((noisy / 255.0).astype(np.float32), model=model, precision=precision,
+                        self_ensemble=SELF_ENSEMBLE)
     return to_uint8(y, 255.0)
 
 
@@ -615,7 +619,8 @@ def markdown(result):
         "and SSIM (imageae.metrics: tf.image, 11x11 Gaussian window) against the uint8 original, colour "
         "over RGB, mean over the images of a set. All methods see the same noisy images.",
         "",
-        "- imageae: `imageae.denoise(noisy / 255)` (float32, unclipped), precision auto.",
+        "- imageae: `imageae.denoise(noisy / 255" + (", self_ensemble=True" if cfg.get("self_ensemble") else "")
+        + ")` (float32, unclipped), precision auto.",
         f"- NLM: OpenCV `fastNlMeansDenoising` (grey) / `fastNlMeansDenoisingColored` (colour, RGB->BGR, "
         f"hColor = h), template {NLM_WINDOWS['templateWindowSize']}, search {NLM_WINDOWS['searchWindowSize']}; "
         "input clipped and rounded to uint8 (OpenCV requires it). h per sigma: "
@@ -767,6 +772,8 @@ def parse_args(argv=None):
     p.add_argument("--speed-images", type=int, default=16, help="512x512 photos in the throughput run (default: 16)")
     p.add_argument("--skip-speed", action="store_true", help="skip the throughput runs")
     p.add_argument("--skip-precision", action="store_true", help="skip the float32-vs-auto check")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="imageae with its x8 self-ensemble (flips and rotations averaged); write to another --out")
     p.add_argument("--beyond", action="store_true",
                    help="also measure noise outside the training conditions (Gaussian sigma 5/65/75, Poisson, "
                         "clipped + JPEG, salt and pepper) on BSD68 and CBSD68 (default: off)")
@@ -818,6 +825,8 @@ def main(argv=None):
     parser, args = parse_args(argv)
     args.data = args.data.expanduser().resolve()
     models = check_inputs(parser, args)
+    global SELF_ENSEMBLE
+    SELF_ENSEMBLE = args.self_ensemble
     from tqdm.auto import tqdm
 
     env = environment()
@@ -851,6 +860,7 @@ def main(argv=None):
         "config": {
             "data": str(args.data), "sets": args.sets, "sigmas": args.sigmas, "limit": args.limit,
             "bm3d_limit": args.bm3d_limit, "model_grey": models[1], "model_colour": models[3],
+            "self_ensemble": args.self_ensemble,
             "speed_images": args.speed_images, "beyond": args.beyond, "beyond_limit": args.beyond_limit,
         },
         "protocol": {

@@ -31,13 +31,17 @@ class Denoiser:
         Keras dtype policy name.
     tile, batch_size : int
         Window size for large images and windows per model call.
+    self_ensemble : bool
+        Denoise each image in its 8 flips and rotations and average the results, turned back:
+        about 8 times the work for a little more PSNR (see the README's table).
     """
 
-    def __init__(self, model="auto", *, precision="auto", tile=1024, batch_size=4):
+    def __init__(self, model="auto", *, precision="auto", tile=1024, batch_size=4, self_ensemble=False):
         self.model = model
         self.precision = precision
         self.tile = tile
         self.batch_size = batch_size
+        self.self_ensemble = bool(self_ensemble)
         self._runners = {}
 
     def runner(self, channels):
@@ -57,6 +61,25 @@ class Denoiser:
 
         Consecutive images that use the same model are batched together.
         """
+        if not self.self_ensemble:
+            yield from self._run(items)
+            return
+
+        def transformed():
+            for key, x in items:
+                for k in range(8):
+                    yield (key, k), np.ascontiguousarray(_dihedral(x, k))
+
+        sums, counts = {}, {}
+        for (key, k), y in self._run(transformed()):
+            y = _undo_dihedral(y, k)
+            sums[key] = y if key not in sums else sums[key] + y
+            counts[key] = counts.get(key, 0) + 1
+            if counts[key] == 8:
+                del counts[key]
+                yield key, sums.pop(key) / np.float32(8.0)
+
+    def _run(self, items):
         group, group_runner = [], None
         for key, x in items:
             runner = self.runner(x.shape[-1])
@@ -70,6 +93,17 @@ class Denoiser:
                 group = []
         if group:
             yield from group_runner.run(group)
+
+
+def _dihedral(x, k):
+    """The k-th of the 8 flips and rotations of an (H, W, C) image (k = 0: unchanged)."""
+    x = np.rot90(x, k % 4, axes=(0, 1))
+    return x[:, ::-1] if k >= 4 else x
+
+
+def _undo_dihedral(y, k):
+    y = y[:, ::-1] if k >= 4 else y
+    return np.rot90(y, -(k % 4), axes=(0, 1))
 
 
 def _as_array(image):
@@ -141,7 +175,7 @@ def _array_restorer(array):
 _default = {}
 
 
-def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4):
+def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4, self_ensemble=False):
     """Remove noise from one image.
 
     Parameters
@@ -153,6 +187,9 @@ def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4):
     model : str
         "auto" (grey or colour model by the image's channels), a registered name
         (``imageae models``) or a path to a .keras file.
+    self_ensemble : bool
+        Average the results over the image's 8 flips and rotations (8x the time, a little
+        more PSNR).
 
     Returns
     -------
@@ -170,9 +207,10 @@ def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4):
     True
     """
     x, restore = _as_array(image)
-    key = (model, precision, tile, batch_size)
+    key = (model, precision, tile, batch_size, self_ensemble)
     if key not in _default:
-        _default[key] = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size)
+        _default[key] = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size,
+                                 self_ensemble=self_ensemble)
     [(_, y)] = list(_default[key].run([(0, x)]))
     return restore(y)
 
@@ -198,6 +236,7 @@ def denoise_folder(
     tile=1024,
     batch_size=4,
     progress=None,
+    self_ensemble=False,
 ):
     """Denoise every image in ``inputs`` (files and folders) into the folder ``output``.
 
@@ -217,7 +256,7 @@ def denoise_folder(
     report = FolderReport()
     tasks = plan_outputs(inputs, output, suffix_for=_suffix_for(ext), overwrite=overwrite, report=report)
     ensure_output_dir(output)
-    denoiser = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size)
+    denoiser = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size, self_ensemble=self_ensemble)
     decoded_by_task = {}
 
     def items():

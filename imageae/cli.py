@@ -168,6 +168,8 @@ def build_parser():
                    help="tile size in pixels; larger images run as overlapping tiles, seamlessly (default: 1024)")
     p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                    help="progress bar with images/s (auto: only on a terminal)")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="average over the 8 flips and rotations of each image: 8x slower, about +0.1-0.2 dB")
     _add_runtime_flags(p)
 
     p = commands.add_parser(
@@ -352,7 +354,7 @@ def _cmd_denoise(args):
     report = denoise_folder(
         args.inputs, args.output, model=args.model, ext=args.ext, quality=args.quality,
         overwrite=args.overwrite, precision=args.precision,
-        tile=args.tile, batch_size=args.batch_size, progress=progress,
+        tile=args.tile, batch_size=args.batch_size, progress=progress, self_ensemble=args.self_ensemble,
     )
     print(report.summary("denoised"), file=sys.stderr if report.failed else sys.stdout)
     return EXIT_OK if report.ok else EXIT_FAILED

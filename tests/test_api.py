@@ -105,6 +105,24 @@ def test_a_keras_file_path_can_name_the_model(random_weight_models):
     np.testing.assert_array_equal(y, denoise32(x))
 
 
+def test_self_ensemble_averages_the_eight_flips_and_rotations_turned_back():
+    x = float_image((30, 45, 3), seed=4)  # not square: rotations swap height and width
+    views = []
+    for k in range(8):
+        view = np.rot90(x, k % 4, axes=(0, 1))
+        view = view[:, ::-1] if k >= 4 else view
+        model = registry.load_model("denoise-colour", job="denoise")
+        h, w = view.shape[:2]
+        y = np.asarray(model(pad_to_multiple(np.ascontiguousarray(view), model.stride)[None]))[0, :h, :w]
+        y = y[:, ::-1] if k >= 4 else y
+        views.append(np.rot90(y, -(k % 4), axes=(0, 1)))
+    expected = np.clip(np.mean(views, axis=0), 0.0, 1.0)  # the views are averaged unclipped
+    out = denoise32(x, self_ensemble=True)
+    assert out.shape == x.shape
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    assert np.abs(out - denoise32(x)).max() > 1e-3  # the views differ: it is not the plain result
+
+
 def test_default_precision_is_close_to_float32():
     # "auto" may compute in bfloat16 (CPUs with AVX512-BF16); the result must stay close
     x = float_image((40, 56, 3), seed=8)
