@@ -504,3 +504,24 @@ def test_a_variable_rate_model_needs_a_quality_it_has(variable_session):
     data = compress_array(variable_session, image, quality=3)
     with pytest.raises(IaeFormatError, match=r"quality 4.*has qualities 1\.\.3"):
         decompress_bytes(make_session_lookup(variable_session), repack(data, quality=4))
+
+
+def test_large_images_run_in_tiles_with_the_whole_image_result(variable_session):
+    """Tiles of 128 pixels (8 latents a side) on a 300 x 430 image: the latents and the decoded
+    pixels match the untiled session's up to float rounding."""
+    from imageae.codec.session import CodecSession as Session
+
+    tiled = Session(variable_session.model, variable_session.name, tile=128)
+    image = test_image((300, 430, 3), seed=12)
+    whole = analyze_image(variable_session, image, 2)
+    parts = analyze_image(tiled, image, 2)
+    assert np.mean(parts.y_symbols != whole.y_symbols) < 1e-3  # a symbol at a rounding boundary may flip
+    np.testing.assert_array_equal(parts.z_symbols, whole.z_symbols)
+    a = synthesize_image(variable_session, whole, 300, 430, "rgb").astype(int)
+    b = synthesize_image(tiled, whole, 300, 430, "rgb").astype(int)
+    assert np.abs(a - b).max() <= 1
+    data = compress_array(tiled, image, 2)
+    assert data == compress_array(tiled, image, 2)  # tiled coding is deterministic too
+    assert decompress_bytes(make_session_lookup(tiled), data).shape == (300, 430, 3)
+    with pytest.raises(ValueError, match="multiple of the model's stride"):
+        Session(variable_session.model, variable_session.name, tile=100)

@@ -51,6 +51,11 @@ from imageae.pipelines.tiling import pad_to_multiple
 
 BIT_DEPTH = 8  # the only depth the codec stores; 16-bit input is refused, not silently reduced
 Z_MAX_SUPPORT = 256  # integers per hyper-latent table (values outside are escape-coded)
+TILE = 1024  # padded images with a side above this run through g_a and g_s in overlapping tiles
+# Overlap of those tiles, in pixels: at least the transforms' receptive-field radius (g_a: four
+# 5x5 stride-2 convolutions, 2 * (1 + 2 + 4 + 8) = 30 pixels; g_s: about 2 latents = 32 pixels)
+# and a multiple of the model's stride (64), so every tile is a valid model input.
+TILE_MARGIN = 64
 _INT32_LIMIT = 2.0**31 - 1.0
 
 
@@ -111,6 +116,10 @@ class CodecSession:
         escape last), from ``model.z_pmf_tables``; ``z_offsets`` (int32) the value of each
         table's first entry.
     stride : int, image sides are padded to multiples of it.
+    tile : int, padded images with a side above this (pixels, a multiple of the stride) run
+        through the transforms in overlapping tiles, so memory stays bounded (default
+        :data:`TILE`); the tiles overlap by more than the receptive field, so the result is
+        the whole-image one up to float rounding.
     y_factor, z_factor : int, downsampling of y and z relative to the padded image.
 
     Examples
@@ -122,7 +131,7 @@ class CodecSession:
     (20, 30, 3)
     """
 
-    def __init__(self, model, name):
+    def __init__(self, model, name, *, tile=TILE):
         from imageae.runtime import with_precision
 
         try:  # the container's own check of what a header may hold
@@ -134,6 +143,9 @@ class CodecSession:
         self.num_qualities = int(self.model.num_qualities)
         self.channels = int(self.model.channels)
         self.stride = int(self.model.stride)
+        if int(tile) < self.stride or int(tile) % self.stride:
+            raise ValueError(f"tile must be a positive multiple of the model's stride {self.stride}, got {tile}")
+        self.tile = int(tile)
         pmf, offsets, lengths = self.model.z_pmf_tables(Z_MAX_SUPPORT)
         self.z_tables = quantize_pmf_tables(pmf, lengths)
         for table in self.z_tables:
@@ -254,7 +266,8 @@ def _model_input(session, image):
 
 def _analyze(session, image, quality):
     model = session.model
-    y = model.analyze(_model_input(session, image), quality)
+    y = _tiled(lambda x: model.analyze(x, quality), _model_input(session, image), session.tile,
+               TILE_MARGIN, 1.0 / session.y_factor)
     z = model.hyper(y, quality)
     if not (np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(z)))):
         raise ValueError(f"model {session.name!r} produced non-finite latents for this image")
@@ -270,6 +283,28 @@ def _analyze(session, image, quality):
         raise ValueError(f"model {session.name!r} produced latents beyond int32")
     y_symbols = np.asarray(model.quantize_latents(y, means[None]), np.int32)[0]
     return CodecLatents(z_symbols[0], y_symbols, scale_indexes(scales), means, quality)
+
+
+def _tiled(fn, x, tile, margin, scale):
+    """``fn`` (a transform that scales height and width by ``scale``) on (1, H, W, C) ``x``, in
+    overlapping ``tile`` x ``tile`` windows with ``margin`` on each side, cropped and joined:
+    float32 NumPy. Without tiling when both sides fit in one tile."""
+    height, width = x.shape[1:3]
+    if height <= tile and width <= tile:
+        return np.asarray(fn(x), np.float32)
+    out = None
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            t0, l0 = max(0, top - margin), max(0, left - margin)
+            b1, r1 = min(height, top + tile + margin), min(width, left + tile + margin)
+            part = np.asarray(fn(x[:, t0:b1, l0:r1]), np.float32)
+            if out is None:
+                out = np.empty((1, round(height * scale), round(width * scale), part.shape[-1]), np.float32)
+            rows = slice(round((top - t0) * scale), round((min(height, top + tile) - t0) * scale))
+            cols = slice(round((left - l0) * scale), round((min(width, left + tile) - l0) * scale))
+            out[:, round(top * scale) : round(min(height, top + tile) * scale),
+                round(left * scale) : round(min(width, left + tile) * scale)] = part[:, rows, cols]
+    return out
 
 
 def _scales_means(session, z_symbols, quality):
@@ -405,7 +440,8 @@ def synthesize_image(session, latents, height, width, colour_mode):
     """uint8 (height, width, 1 or 3) image from decoded latents: crop(g_s(y_symbols + means))."""
     model = session.model
     y_hat = model.dequantize_latents(latents.y_symbols[None], latents.means[None])
-    x_hat = np.asarray(model.synthesize(y_hat, latents.quality), np.float32)[0, :height, :width]
+    x_hat = _tiled(lambda y: model.synthesize(y, latents.quality), np.asarray(y_hat), session.tile // session.y_factor,
+                   TILE_MARGIN // session.y_factor, float(session.y_factor))[0, :height, :width]
     return to_uint8(x_hat, colour_mode)
 
 
