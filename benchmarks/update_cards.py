@@ -49,6 +49,22 @@ def main():
             "feature_space": section["feature_space"], "reference": section["reference"],
             "samples": section["samples"], "results": rows,
             "seconds_to_generate_1000": section["seconds_to_generate_1000"], "source": source}})
+    compress_path = RESULTS / "compress.json"
+    if compress_path.exists():
+        result = json.loads(compress_path.read_text())
+        if not result["baselines_only"]:
+            source = {"command": result["command"], "date": result["date"],
+                      "commit": result["environment"]["git_commit"]}
+            for name in {m["name"] for m in result["config"]["models"]}:
+                card = json.loads((MODELS / f"{name}.json").read_text())
+                points = [{k: round(p[k], 4) for k in ("bpp", "psnr", "ms_ssim", "model_estimate_gap_pct")}
+                          | {"quality": p["value"]}
+                          for p in result["points"] if p["codec"] == "imageae" and p["setting"].startswith(name + " ")]
+                bd = {f"vs {row['anchor']}": None if row["psnr"] is None else round(row["psnr"], 1)
+                      for row in result["bd_rate"] if row["test"] == "imageae"}
+                update(name, {**card.get("metrics", {}), "benchmark": {
+                    "data": result["config"]["data"], "images": result["config"]["images"], "points": points,
+                    "bd_rate_psnr_pct": bd, "source": source}})
 
 
 if __name__ == "__main__":

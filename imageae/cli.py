@@ -48,8 +48,9 @@ examples:
   imageae decompress packed/ -o restored/             back to PNG (lossless, so nothing more is lost)
 
 Each image becomes one .iae file (format: docs/iae-format.md) holding the model name and
-quality, the image size and grey/colour mode: decompress needs nothing else. Quality 1 gives
-the smallest files (about 0.15 bits per pixel on photos), 6 the best pictures (about 1.5).
+quality, the image size and grey/colour mode: decompress needs nothing else. With codec-v1,
+quality 1 gives the smallest files (about 0.35 bits per pixel on photos), 6 the best pictures
+(about 1.5). codec-v1 is experimental: so far its files are larger than JPEG's at equal PSNR.
 Grey and colour images of any size are coded; alpha channels and 16-bit images are refused
 by name (keep those as PNG). Existing outputs are skipped unless --overwrite.
 """
