@@ -361,8 +361,11 @@ def fmt_bd(value):
     return "-" if value is None else f"{value:+.1f} %"
 
 
-def codec_label(codec):
-    return "imageae (all models)" if codec == "imageae" else codec
+def codec_label(codec, result):
+    """A curve's name: the baseline's, or "imageae" and the codec model(s) measured."""
+    if codec != "imageae":
+        return codec
+    return "imageae " + ", ".join(dict.fromkeys(m["name"] for m in result["config"]["models"]))
 
 
 def markdown(result):
@@ -446,7 +449,7 @@ def markdown(result):
             cells += ["0 (anchor)", "0 (anchor)"]
         else:
             cells += [fmt_bd(row and row.get("psnr")), fmt_bd(row and row.get("ms_ssim_db"))]
-        out.append(f"| {codec_label(codec)} | " + " | ".join(cells) + " |")
+        out.append(f"| {codec_label(codec, result)} | " + " | ".join(cells) + " |")
     out += ["", "## BD-rate", "",
             "The curves of the main convention (mean per-image PSNR), of the PSNR of the mean MSE, and of MS-SSIM dB.",
             "", "| test | anchor | BD-rate (PSNR) | PSNR interval (dB) | BD-rate (PSNR of mean MSE) | "
@@ -513,7 +516,7 @@ def plot(result, path):
         for codec in dict.fromkeys(p["codec"] for p in points):
             rates, values = curve(points, codec, key)
             colour, marker = styles.get(codec, ("C4", "x"))
-            ax.plot(rates, values, "-", marker=marker, color=colour, markersize=4, label=codec_label(codec))
+            ax.plot(rates, values, "-", marker=marker, color=colour, markersize=4, label=codec_label(codec, result))
         ax.set_xlabel("bits per pixel (real file size)")
         ax.set_ylabel(label)
         ax.set_xlim(0, min(max(p["bpp"] for p in points) * 1.05, 2.0))
@@ -540,7 +543,7 @@ def print_table(result):
     lines = ["baselines only (no --model given)" if result["baselines_only"] else "", head, "-" * len(head)]
     for codec in dict.fromkeys(p["codec"] for p in points):
         value = 0.0 if codec == "JPEG" else bd.get(("JPEG", codec))
-        lines.append(f"{codec_label(codec):<22}"
+        lines.append(f"{codec_label(codec, result):<22}"
                      + "".join(f"{fmt(value_at(points, codec, b)):>11}" for b in RATE_POINTS)
                      + f"{fmt_bd(value):>12}" + f"{speed[codec]['encode_s_per_mpixel']:>11.3f}"
                      + f"{speed[codec]['decode_s_per_mpixel']:>11.3f}")
