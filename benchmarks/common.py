@@ -4,9 +4,21 @@ folder on sys.path)."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``: wall time of the block."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start
 
 
 def git_commit():

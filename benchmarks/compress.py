@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import git_commit  # noqa: E402
+from common import Timer, git_commit  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "photos" / "BSDS500" / "val"
@@ -145,15 +145,6 @@ CODEC_DESCRIPTIONS = {
 
 # ----------------------------------------------------------------------------------------------
 # Measuring
-
-
-class Timer:
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
 
 
 def score(clean, decoded, use_ms_ssim):

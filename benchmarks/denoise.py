@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import git_commit, measure_subprocess  # noqa: E402
+from common import Timer, git_commit, measure_subprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "denoise"
@@ -185,15 +185,6 @@ def tune_nlm(data, sigmas, channels, count):
 
 # ----------------------------------------------------------------------------------------------
 # Quality
-
-
-class Timer:
-    def __enter__(self):
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
 
 
 def warm_up_imageae(images, model, precision):

@@ -422,12 +422,15 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
     >>> data = imageae.compress(np.asarray(Image.open("photo.jpg")), quality=3)
     >>> pixels = imageae.decompress(data)                        # uint8 (H, W, 3)
     """
-    from imageae.codec import compress_array
-
-    session = codec_session(model)
-    pixels = _codec_pixels(image)
     if quality is not None and target_bpp is not None:
         raise ValueError("give quality or target_bpp, not both")
+    return _compress_pixels(codec_session(model), _codec_pixels(image), quality, target_bpp)
+
+
+def _compress_pixels(session, pixels, quality, target_bpp):
+    """:func:`compress` once the session and the pixel array are in hand."""
+    from imageae.codec import compress_array
+
     if target_bpp is None:
         return compress_array(session, pixels, DEFAULT_QUALITY if quality is None else quality)
     if not target_bpp > 0:
@@ -456,17 +459,16 @@ def _session_lookup(models):
     """model name -> CodecSession: the registered codecs, plus ``models`` (names or .keras paths)."""
     from imageae.codec import UnknownModelError
 
-    extra = {}
-    for m in models or ():
-        session = codec_session(m)
-        extra[session.name] = m
+    # Sessions by the name their files carry, resolved once per lookup (not once per file).
+    found = {session.name: session for session in (codec_session(m) for m in models or ())}
+    extra = list(found)
 
     def lookup(name):
-        if name in extra:
-            return codec_session(extra[name])
-        if name in registry.MODELS and registry.MODELS[name].job == "compress":
-            return codec_session(name)
-        installed = ", ".join([m.name for m in registry.list_models("compress")] + list(extra)) or "none"
+        if name not in found and name in registry.MODELS and registry.MODELS[name].job == "compress":
+            found[name] = codec_session(name)
+        if name in found:
+            return found[name]
+        installed = ", ".join([m.name for m in registry.list_models("compress")] + extra) or "none"
         raise UnknownModelError(f"file was written by model {name!r}, which is not installed "
                                 f"(installed codec models: {installed}; a codec of your own: pass its .keras file)")
 
@@ -531,7 +533,7 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
                 report.failed.append((str(task.source), error))
                 continue
             try:
-                data = compress(decoded.pixels, quality=quality, target_bpp=target_bpp, model=model)
+                data = _compress_pixels(session, decoded.pixels, quality, target_bpp)
             except ValueError as error:
                 report.failed.append((str(task.source), str(error)))
                 continue

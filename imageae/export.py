@@ -121,20 +121,19 @@ def _codec_archive(model):
     import numpy as np
     import tensorflow as tf
 
-    from imageae.codec.coder import SCALE_LEVELS, SCALE_TABLE, quantize_pmf_tables
-    from imageae.codec.session import Z_MAX_SUPPORT
+    from imageae.codec.coder import SCALE_LEVELS, SCALE_TABLE
+    from imageae.codec.session import z_coding_tables
 
     stride = int(model.stride)
     # The same float32 bounds as imageae.codec.coder.scale_indexes compares against.
     bounds = tf.constant(SCALE_TABLE.astype(np.float32))
-    pmf, offsets, lengths = model.z_pmf_tables(Z_MAX_SUPPORT)
-    tables = quantize_pmf_tables(pmf, lengths)
+    tables, offsets = z_coding_tables(model)
     width = max(len(t) for t in tables)
     z_cdf = np.zeros((len(tables), width), np.int32)
     for row, table in zip(z_cdf, tables):
         row[: len(table)] = table
     z_cdf, z_lengths = tf.constant(z_cdf), tf.constant([len(t) for t in tables], tf.int32)
-    z_offsets = tf.constant(np.asarray(offsets, np.int32))
+    z_offsets = tf.constant(offsets)
 
     def indexes_and_means(z_symbols, quality):
         scales, means = model.y_scales_means(tf.cast(z_symbols, tf.float32), tf.reshape(quality, [1]))

@@ -77,18 +77,24 @@ def with_precision(model, precision="auto", device="auto", *, copy=False):
     device (bfloat16 on CPUs that have it) without touching the caller's global policy.
     ``copy=True`` always rebuilds (a copy carries no optimizer state: used when shipping).
     """
-    import keras
 
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(_PRECISIONS)}, got {precision!r}")
     name = choose_precision(device) if precision == "auto" else precision
     if model.dtype_policy.name == name and not copy:
         return model
-    config = constructor_arguments(model)
+    return rebuilt(model, name)
+
+
+def rebuilt(model, policy, **overrides):
+    """A new model of ``model``'s class and constructor arguments (plus ``overrides``), its
+    layers built under dtype ``policy``, holding ``model``'s weights (cast)."""
+    import keras
+
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
+    keras.config.set_dtype_policy(policy)
     try:
-        clone = type(model).from_config(config)
+        clone = type(model).from_config({**constructor_arguments(model), **overrides})
         clone.build(model.inputs[0].shape if getattr(model, "inputs", None) else (None, None, None, model.channels))
     finally:
         keras.config.set_dtype_policy(previous)
@@ -105,19 +111,9 @@ def save_float16(model, path):
     that loads it changes; the rounding to float16 (11 significant bits) is the only loss,
     and whoever ships such a file measures it.
     """
-    import keras
-
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float16")
-    try:
-        # The model itself stays float32 (its saved policy is what a loader gets); the layers
-        # it creates take the float16 policy, so their weights are float16.
-        clone = type(model).from_config({**constructor_arguments(model), "dtype": "float32"})
-        clone.build(model.inputs[0].shape if getattr(model, "inputs", None) else (None, None, None, model.channels))
-    finally:
-        keras.config.set_dtype_policy(previous)
-    clone.set_weights(model.get_weights())
-    clone.save(path)
+    # The model itself stays float32 (its saved policy is what a loader gets); the layers it
+    # creates take the float16 policy, so their weights are float16.
+    rebuilt(model, "float16", dtype="float32").save(path)
     return path
 
 

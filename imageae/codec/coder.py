@@ -485,6 +485,19 @@ def _to_int32(values, what):
 # ----------------------------------------------------------------------- Gaussian conditional
 
 
+def _gaussian_index(symbols, scale_indexes):
+    """Flat (table of each symbol, its entry in that table (the escape entry when outside the
+    table's radius), escape distances and signs of the escaped symbols)."""
+    symbols = _as_symbols(symbols)
+    indexes = _as_scale_indexes(scale_indexes, symbols.shape).ravel()
+    flat = symbols.ravel()
+    radius = _RADII[indexes]
+    inside = np.abs(flat) <= radius
+    table_index = np.where(inside, flat + radius, 2 * radius + 1)
+    outside = ~inside
+    return indexes, table_index, np.abs(flat[outside]) - radius[outside] - 1, flat[outside] < 0
+
+
 def encode_gaussian(symbols, scale_indexes):
     """Range-code zero-mean integer residuals with the fixed Gaussian tables.
 
@@ -511,15 +524,8 @@ def encode_gaussian(symbols, scale_indexes):
     >>> decode_gaussian(data, k).tolist()
     [[0, -3], [7, 1000]]
     """
-    symbols = _as_symbols(symbols)
-    indexes = _as_scale_indexes(scale_indexes, symbols.shape).ravel()
-    flat = symbols.ravel()
-    radius = _RADII[indexes]
-    inside = np.abs(flat) <= radius
-    table_index = np.where(inside, flat + radius, 2 * radius + 1)
-    outside = ~inside
-    escape_bits = _escape_bits(np.abs(flat[outside]) - radius[outside] - 1, flat[outside] < 0)
-    return _encode(table_index, indexes, SCALE_LEVELS, _gaussian_model, escape_bits)
+    indexes, table_index, distance, negative = _gaussian_index(symbols, scale_indexes)
+    return _encode(table_index, indexes, SCALE_LEVELS, _gaussian_model, _escape_bits(distance, negative))
 
 
 def decode_gaussian(data, scale_indexes):
@@ -562,17 +568,11 @@ def estimate_gaussian_bits(symbols, scale_indexes):
     This is what :func:`encode_gaussian` spends, escapes included, up to the coder's final
     flush (at most a few 32-bit words): use it for rate estimates that match real files.
     """
-    symbols = _as_symbols(symbols)
-    indexes = _as_scale_indexes(scale_indexes, symbols.shape).ravel()
-    flat = symbols.ravel()
-    radius = _RADII[indexes]
-    inside = np.abs(flat) <= radius
-    table_index = np.where(inside, flat + radius, 2 * radius + 1)
+    indexes, table_index, distance, _ = _gaussian_index(symbols, scale_indexes)
     bits = 0.0
     for k in np.unique(indexes):
         bits += float(np.sum(_GAUSSIAN_COSTS[k][table_index[indexes == k]]))
-    outside = ~inside
-    return bits + _escape_cost(np.abs(flat[outside]) - radius[outside] - 1)
+    return bits + _escape_cost(distance)
 
 
 def _escape_cost(distance):
@@ -583,7 +583,15 @@ def _escape_cost(distance):
 # ------------------------------------------------------------------------------- factorized
 
 
-def _factorized_index(symbols, offsets, highs, sizes):
+def _factorized_index(symbols, tables, offsets):
+    """The checked tables and their precisions, then flat (channel of each symbol, its entry in
+    its table (the escape entry when outside), escape distances and whether each escaped symbol
+    lies below its table)."""
+    symbols = _as_symbols(symbols)
+    tables, precisions, offsets, highs = _as_factorized_tables(tables, offsets)
+    if symbols.ndim < 1 or symbols.shape[-1] != len(tables):
+        raise ValueError(f"symbols must have {len(tables)} channels on the last axis, got shape {symbols.shape}")
+    sizes = np.asarray([table.size for table in tables], dtype=np.int64)
     channel = np.broadcast_to(np.arange(offsets.size), symbols.shape).ravel()
     flat = symbols.ravel()
     low, high = offsets[channel], highs[channel]
@@ -592,7 +600,7 @@ def _factorized_index(symbols, offsets, highs, sizes):
     outside = ~inside
     below = flat[outside] < low[outside]
     distance = np.where(below, low[outside] - 1 - flat[outside], flat[outside] - high[outside] - 1)
-    return channel, table_index, distance, below
+    return tables, precisions, channel, table_index, distance, below
 
 
 def encode_factorized(symbols, tables, offsets):
@@ -621,12 +629,7 @@ def encode_factorized(symbols, tables, offsets):
     >>> decode_factorized(data, [table, table], [-2, -2], z.shape).tolist()
     [[[0, 1], [-2, 9]]]
     """
-    symbols = _as_symbols(symbols)
-    tables, precisions, offsets, highs = _as_factorized_tables(tables, offsets)
-    if symbols.ndim < 1 or symbols.shape[-1] != len(tables):
-        raise ValueError(f"symbols must have {len(tables)} channels on the last axis, got shape {symbols.shape}")
-    sizes = np.asarray([table.size for table in tables], dtype=np.int64)
-    channel, table_index, distance, below = _factorized_index(symbols, offsets, highs, sizes)
+    tables, precisions, channel, table_index, distance, below = _factorized_index(symbols, tables, offsets)
     models = {}
 
     def model_of(c):
@@ -680,12 +683,7 @@ def decode_factorized(data, tables, offsets, shape):
 
 def estimate_factorized_bits(symbols, tables, offsets):
     """Information content in bits of ``symbols`` under the factorized tables, escapes included."""
-    symbols = _as_symbols(symbols)
-    tables, precisions, offsets, highs = _as_factorized_tables(tables, offsets)
-    if symbols.ndim < 1 or symbols.shape[-1] != len(tables):
-        raise ValueError(f"symbols must have {len(tables)} channels on the last axis, got shape {symbols.shape}")
-    sizes = np.asarray([table.size for table in tables], dtype=np.int64)
-    channel, table_index, distance, _ = _factorized_index(symbols, offsets, highs, sizes)
+    tables, precisions, channel, table_index, distance, _ = _factorized_index(symbols, tables, offsets)
     bits = 0.0
     for c, (table, precision) in enumerate(zip(tables, precisions)):
         frequencies = table[table_index[channel == c]].astype(np.float64)

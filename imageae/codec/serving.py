@@ -24,9 +24,9 @@ import urllib.request
 
 import numpy as np
 
-from imageae.codec.coder import decode_factorized, decode_gaussian, encode_factorized, encode_gaussian
-from imageae.codec.container import IaeFormatError, IaeHeader, pack, pack_section, unpack, unpack_section
-from imageae.codec.session import BIT_DEPTH, to_uint8
+from imageae.codec.coder import decode_factorized, decode_gaussian
+from imageae.codec.container import IaeFormatError, IaeHeader, pack, unpack, unpack_section
+from imageae.codec.session import BIT_DEPTH, pack_latents, to_uint8
 
 
 def rest_predictor(url, model, *, version=None, timeout=120.0):
@@ -74,10 +74,7 @@ class ServedCodec:
         pack(header, [b""])  # the container's own checks first
         out = self.predict("analysis", {"images": rgb[None], "quality": np.int32(quality)})
         z, y, k = (np.asarray(out[key], np.int32)[0] for key in ("z_symbols", "y_symbols", "scale_indexes"))
-        return pack(header, [
-            pack_section(z.shape, encode_factorized(z, self.z_tables, self.z_offsets)),
-            pack_section(y.shape, encode_gaussian(y, k)),
-        ])
+        return pack_latents(header, z, y, k, self.z_tables, self.z_offsets)
 
     def decompress(self, data):
         """The bytes of an ``.iae`` file written under this codec's name -> uint8 (H, W, 1|3)."""

@@ -47,7 +47,7 @@ from imageae.codec.coder import (
     scale_indexes,
 )
 from imageae.codec.container import IaeFormatError, IaeHeader, pack, pack_section, unpack, unpack_section
-from imageae.pipelines.tiling import pad_to_multiple
+from imageae.pipelines.tiling import pad_to_multiple, plan_tiles
 
 BIT_DEPTH = 8  # the only depth the codec stores; 16-bit input is refused, not silently reduced
 Z_MAX_SUPPORT = 256  # integers per hyper-latent table (values outside are escape-coded)
@@ -146,12 +146,9 @@ class CodecSession:
         if int(tile) < self.stride or int(tile) % self.stride:
             raise ValueError(f"tile must be a positive multiple of the model's stride {self.stride}, got {tile}")
         self.tile = int(tile)
-        pmf, offsets, lengths = self.model.z_pmf_tables(Z_MAX_SUPPORT)
-        self.z_tables = quantize_pmf_tables(pmf, lengths)
-        for table in self.z_tables:
+        self.z_tables, self.z_offsets = z_coding_tables(self.model)
+        for table in (*self.z_tables, self.z_offsets):
             table.flags.writeable = False
-        self.z_offsets = np.asarray(offsets, np.int32)
-        self.z_offsets.flags.writeable = False
         # Latent sizes measured once on a stride x stride image, rather than assumed.
         probe = np.zeros((1, self.stride, self.stride, self.channels), np.float32)
         y = self.model.analyze(probe, 1)
@@ -184,6 +181,14 @@ class CodecSession:
             (padded_h // self.z_factor, padded_w // self.z_factor, self.z_channels),
             (padded_h // self.y_factor, padded_w // self.y_factor, self.y_channels),
         )
+
+
+def z_coding_tables(model):
+    """The integer coding tables of a codec's hyper-latents: (list of int32 frequency tables,
+    16 bits, escape last, one per channel of z; int32 offsets, the value of each table's first
+    entry), quantized from the model's float64 density (``model.z_pmf_tables``)."""
+    pmf, offsets, lengths = model.z_pmf_tables(Z_MAX_SUPPORT)
+    return quantize_pmf_tables(pmf, lengths), np.asarray(offsets, np.int32)
 
 
 def make_session_lookup(*sessions):
@@ -286,24 +291,22 @@ def _analyze(session, image, quality):
 
 
 def _tiled(fn, x, tile, margin, scale):
-    """``fn`` (a transform that scales height and width by ``scale``) on (1, H, W, C) ``x``, in
-    overlapping ``tile`` x ``tile`` windows with ``margin`` on each side, cropped and joined:
-    float32 NumPy. Without tiling when both sides fit in one tile."""
+    """``fn`` (a transform that scales height and width by ``scale``) on (1, H, W, C) ``x``:
+    float32 NumPy. Without tiling when both sides fit in one ``tile``; else in the windows of
+    :func:`imageae.pipelines.tiling.plan_tiles` (cores of ``tile``, ``margin`` on each side),
+    each contributing its core."""
     height, width = x.shape[1:3]
     if height <= tile and width <= tile:
         return np.asarray(fn(x), np.float32)
     out = None
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            t0, l0 = max(0, top - margin), max(0, left - margin)
-            b1, r1 = min(height, top + tile + margin), min(width, left + tile + margin)
-            part = np.asarray(fn(x[:, t0:b1, l0:r1]), np.float32)
-            if out is None:
-                out = np.empty((1, round(height * scale), round(width * scale), part.shape[-1]), np.float32)
-            rows = slice(round((top - t0) * scale), round((min(height, top + tile) - t0) * scale))
-            cols = slice(round((left - l0) * scale), round((min(width, left + tile) - l0) * scale))
-            out[:, round(top * scale) : round(min(height, top + tile) * scale),
-                round(left * scale) : round(min(width, left + tile) * scale)] = part[:, rows, cols]
+    for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in plan_tiles(height, width, window=tile + 2 * margin, margin=margin):
+        part = np.asarray(fn(x[:, y0:y1, x0:x1]), np.float32)
+        if out is None:
+            out = np.empty((1, round(height * scale), round(width * scale), part.shape[-1]), np.float32)
+        rows, cols = (slice(round(a * scale), round(b * scale)) for a, b in ((cy0, cy1), (cx0, cx1)))
+        inner = (slice(round((cy0 - y0) * scale), round((cy1 - y0) * scale)),
+                 slice(round((cx0 - x0) * scale), round((cx1 - x0) * scale)))
+        out[:, rows, cols] = part[:, inner[0], inner[1]]
     return out
 
 
@@ -350,11 +353,16 @@ def compress_array(session, image, quality=None):
     header = _header(session, image, colour_mode, quality)
     pack(header, [b""])  # refuses sizes the format cannot hold before any model work
     latents = _analyze(session, image, quality)
-    side = encode_factorized(latents.z_symbols, session.z_tables, session.z_offsets)
-    main = encode_gaussian(latents.y_symbols, latents.scale_indexes)
+    return pack_latents(header, latents.z_symbols, latents.y_symbols, latents.scale_indexes,
+                        session.z_tables, session.z_offsets)
+
+
+def pack_latents(header, z_symbols, y_symbols, scale_indexes, z_tables, z_offsets):
+    """The bytes of an ``.iae`` file: ``header`` and the two entropy-coded sections, the side
+    (z with the factorized tables) and the main (y with the Gaussian table of each symbol)."""
     return pack(header, [
-        pack_section(latents.z_symbols.shape, side),
-        pack_section(latents.y_symbols.shape, main),
+        pack_section(z_symbols.shape, encode_factorized(z_symbols, z_tables, z_offsets)),
+        pack_section(y_symbols.shape, encode_gaussian(y_symbols, scale_indexes)),
     ])
 
 
