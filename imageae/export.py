@@ -122,11 +122,14 @@ def _codec_archive(model):
     import tensorflow as tf
 
     from imageae.codec.coder import SCALE_LEVELS, SCALE_TABLE
+    from imageae.codec.fixed_point import FixedPointHyperSynthesis
     from imageae.codec.session import z_coding_tables
 
     stride = int(model.stride)
-    # The same float32 bounds as imageae.codec.coder.scale_indexes compares against.
-    bounds = tf.constant(SCALE_TABLE.astype(np.float32))
+    # The same float64 bounds as imageae.codec.coder.scale_indexes compares against, and the
+    # same exact fixed-point h_s as imageae.codec.session: identical indexes and means.
+    bounds = tf.constant(SCALE_TABLE, tf.float64)
+    hyper_synthesis = FixedPointHyperSynthesis(model)
     tables, offsets = z_coding_tables(model)
     width = max(len(t) for t in tables)
     z_cdf = np.zeros((len(tables), width), np.int32)
@@ -136,7 +139,7 @@ def _codec_archive(model):
     z_offsets = tf.constant(offsets)
 
     def indexes_and_means(z_symbols, quality):
-        scales, means = model.y_scales_means(tf.cast(z_symbols, tf.float32), tf.reshape(quality, [1]))
+        scales, means = hyper_synthesis(z_symbols, quality)
         k = tf.searchsorted(tf.reshape(bounds, [1, -1]), tf.reshape(scales, [1, -1]), side="left")
         k = tf.reshape(tf.minimum(k, SCALE_LEVELS - 1), tf.shape(scales))
         return tf.cast(k, tf.int32), means

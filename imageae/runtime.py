@@ -86,9 +86,10 @@ def with_precision(model, precision="auto", device="auto", *, copy=False):
     return rebuilt(model, name)
 
 
-def rebuilt(model, policy, **overrides):
+def rebuilt(model, policy, weights=None, **overrides):
     """A new model of ``model``'s class and constructor arguments (plus ``overrides``), its
-    layers built under dtype ``policy``, holding ``model``'s weights (cast)."""
+    layers built under dtype ``policy``, holding ``model``'s weights (cast), or ``weights``
+    (a list in the same order) where given."""
     import keras
 
     previous = keras.config.dtype_policy()
@@ -98,7 +99,7 @@ def rebuilt(model, policy, **overrides):
         clone.build(model.inputs[0].shape if getattr(model, "inputs", None) else (None, None, None, model.channels))
     finally:
         keras.config.set_dtype_policy(previous)
-    clone.set_weights(model.get_weights())
+    clone.set_weights(model.get_weights() if weights is None else weights)
     return clone
 
 

@@ -624,7 +624,7 @@ class CodecTrainConfig:
     num_filters: int = 128
     num_latent: int = 192
     mean_scale: bool = True
-    init: str = ""  # a codec model name or .keras path to start from (same architecture and qualities)
+    init: str = ""  # a codec model name or .keras path to start from (same architecture; its lambdas or more)
     patch_size: int = 256
     batch_size: int = 8
     steps: int = 100000
@@ -687,7 +687,7 @@ def train_codec(config, *, progress=True):
     held-out crops. The learning rate warms up linearly and then follows a cosine to
     ``min_learning_rate`` over ``steps``. Returns the path of the written model.
     """
-    from imageae.models.codec import build_codec
+    from imageae.models.codec import build_codec, with_lambdas
     from imageae.runtime import set_precision
 
     policy = set_precision(config.precision)
@@ -731,10 +731,11 @@ def train_codec(config, *, progress=True):
                 if getattr(source, key) != getattr(config, key):
                     raise ValueError(f"--init model has {key}={getattr(source, key)}, the config says "
                                      f"{getattr(config, key)}: make them agree")
-            if source.num_qualities != len(lambdas):
-                raise ValueError(f"--init model has {source.num_qualities} qualities, the config "
-                                 f"{len(lambdas)} lambdas: make them agree")
-            model = rebuilt(source, policy, lambdas=lambdas, seed=config.seed)
+            if source.lambdas == lambdas:
+                model = rebuilt(source, policy, lambdas=lambdas, seed=config.seed)
+            else:  # new qualities: start their gains from the model's own (raises if any is dropped)
+                model = with_lambdas(source, lambdas, policy, seed=config.seed)
+                print(f"--init model's lambdas {list(source.lambdas)} extended to {list(lambdas)}")
         else:
             model = build_codec(config.num_filters, config.num_latent, config.mean_scale, lambdas, seed=config.seed)
         model.compile(optimizer=keras.optimizers.Adam(_cosine_schedule(config), clipnorm=config.clipnorm))

@@ -44,6 +44,7 @@ from imageae.codec import (
     unpack,
     unpack_section,
 )
+from imageae.codec.fixed_point import FixedPointHyperSynthesis
 from imageae.models.codec import build_codec
 from imageae.runtime import with_precision
 
@@ -117,7 +118,7 @@ def expected_decoding(model, image):
     x = np.pad(x, ((0, -height % 64), (0, -width % 64), (0, 0)), mode="symmetric").astype(np.float32) / 255.0
     y = model.analyze(x[None])
     z_symbols = np.round(np.asarray(model.hyper(y))).astype(np.int32)
-    _, means = model.y_scales_means(z_symbols.astype(np.float32))
+    _, means = FixedPointHyperSynthesis(model)(z_symbols)  # the coder's h_s: exact fixed point
     y_symbols = np.asarray(model.quantize_latents(y, means))
     x_hat = np.asarray(model.synthesize(model.dequantize_latents(y_symbols, means)))[0, :height, :width]
     if channels == 1:
@@ -411,7 +412,7 @@ def test_extreme_latents_under_a_valid_checksum_decode_without_errors_or_warning
     z = np.full(z_shape, 2**31 - 1, np.int32)
     z[..., ::2] = -(2**31)
     z_section = pack_section(z_shape, encode_factorized(z, session.z_tables, session.z_offsets))
-    scales, _ = session.model.y_scales_means(z[None].astype(np.float32))
+    scales, _ = session.hyper_synthesis(z[None])  # the indexes the decoder derives
     y = np.full(y_shape, 2**31 - 1, np.int32)
     y[..., ::3] = -(2**31)
     y_section = pack_section(y_shape, encode_gaussian(y, scale_indexes(np.asarray(scales)[0])))

@@ -202,15 +202,13 @@ def test_shipped_vae_export_generates_the_api_images_for_a_seed(name, shipped_mo
     assert out["decoded_shape"] == [1, vae.image_size, vae.image_size, vae.channels]
 
 
-def _codec_round_trip_matches_the_api(model, tmp_path, image, quality, *, exact=True):
-    """Export ``model`` (name or .keras path); the served transforms give the API's latents, and
-    the client helper's files and the API's decode through either side.
-
-    ``exact``: the y symbols and the bytes are identical too. The exported graph and the eager
-    API compute y in float32 with different kernels (last-bit differences, measured up to 5e-6),
-    so for a real model a y value within that of a rounding tie can round the other way: 1 of
-    18,432 symbols on the shipped codec. Such a file is still valid for both sides, because the
-    decoder derives the coding tables from z, which must match and does.
+def _codec_round_trip_matches_the_api(model, tmp_path, image, quality):
+    """Export ``model`` (name or .keras path); the served transforms give the API's latents
+    exactly, the client helper writes the API's bytes, and either side decodes the other's
+    files. The scale indexes and means come from the exact fixed-point h_s on both sides; y
+    itself is float32 (graph vs eager kernels, ~1e-6 apart), so identical y symbols mean no y
+    fell that close to a rounding tie (measured: none of 3.5 M on 8 BSDS500 photos x 3 qualities).
+    Decoded pixels may differ by 1 where the float32 synthesis lands on a rounding tie.
     """
     import tensorflow as tf
 
@@ -227,11 +225,7 @@ def _codec_round_trip_matches_the_api(model, tmp_path, image, quality, *, exact=
     served_latents = {key: np.asarray(value)[0] for key, value in out["latents"].items()}
     np.testing.assert_array_equal(served_latents["z_symbols"], expected.z_symbols)
     np.testing.assert_array_equal(served_latents["scale_indexes"], expected.scale_indexes)
-    y_diff = np.abs(served_latents["y_symbols"] - expected.y_symbols)
-    if exact:
-        assert y_diff.max() == 0
-    else:
-        assert y_diff.max() <= 1 and np.mean(y_diff > 0) < 1e-3
+    np.testing.assert_array_equal(served_latents["y_symbols"], expected.y_symbols)
     assert out["same_indexes"] and out["synthesis_shape"] == [1, *image.shape]
     assert out["z_tables"] == ["z_cdf_tables", "z_offsets", "z_table_lengths"]
 
@@ -244,13 +238,12 @@ def _codec_round_trip_matches_the_api(model, tmp_path, image, quality, *, exact=
     served = ServedCodec(predict, session.name)
     served_file = served.compress(image, quality)
     api_file = imageae.compress(image, quality=quality, model=model)
-    if exact:
-        assert served_file == api_file
+    assert served_file == api_file
     shape = (image.shape[0], image.shape[1], -1)
     for data in (served_file, api_file):  # each side decodes the other's files, to the same pixels
         by_api = imageae.decompress(data, models=[model]).reshape(shape).astype(int)
         by_server = served.decompress(data).astype(int)
-        assert np.abs(by_api - by_server).max() <= (0 if exact else 1)
+        assert np.abs(by_api - by_server).max() <= 1
 
 
 def test_codec_export_serves_the_api_latents_and_the_client_writes_the_api_bytes(tmp_path):
@@ -274,4 +267,5 @@ def test_shipped_codec_export_serves_the_api_latents(shipped_models, tmp_path):
     from imageae.data.io import read_image
 
     image = read_image(DATA / "clean" / "coffee.png").pixels[:100, :150]
-    _codec_round_trip_matches_the_api("codec-v1", tmp_path, image, 4, exact=False)
+    for quality in (1, 4, 6):
+        _codec_round_trip_matches_the_api("codec-v1", tmp_path / str(quality), image, quality)

@@ -25,11 +25,11 @@ Nothing here touches the filesystem or imports TensorFlow at import time; the mo
 methods do the tensor work.
 
 What decoding relies on: the scale indexes ``k`` must come out bit-identical on the decoding
-machine. They are computed from integers (``z_sym``) by the float32 network ``h_s``, so a
-platform, BLAS or thread count whose float32 convolutions round differently can move a scale
-that lies within a rounding error of a table bound into the neighbouring table, and the main
-section then fails to decode (an :class:`IaeFormatError`) or, rarely, decodes wrongly.
-The same holds for the hyper-latent tables, quantized here from the model's float64 density.
+machine. They are computed from integers (``z_sym``) by ``h_s`` evaluated in exact fixed-point
+arithmetic (:mod:`imageae.codec.fixed_point`), so no platform, BLAS, thread count or serving
+graph can round them differently. The hyper-latent tables are quantized once per model from
+its float64 density (NumPy); a libm whose exp/log differ in the last bit could change a
+table entry only if a probability fell within about 1e-12 of a rounding boundary.
 """
 
 import collections
@@ -47,6 +47,7 @@ from imageae.codec.coder import (
     scale_indexes,
 )
 from imageae.codec.container import IaeFormatError, IaeHeader, pack, pack_section, unpack, unpack_section
+from imageae.codec.fixed_point import FixedPointHyperSynthesis
 from imageae.pipelines.tiling import pad_to_multiple, plan_tiles
 
 BIT_DEPTH = 8  # the only depth the codec stores; 16-bit input is refused, not silently reduced
@@ -147,6 +148,7 @@ class CodecSession:
             raise ValueError(f"tile must be a positive multiple of the model's stride {self.stride}, got {tile}")
         self.tile = int(tile)
         self.z_tables, self.z_offsets = z_coding_tables(self.model)
+        self.hyper_synthesis = FixedPointHyperSynthesis(self.model)
         for table in (*self.z_tables, self.z_offsets):
             table.flags.writeable = False
         # Latent sizes measured once on a stride x stride image, rather than assumed.
@@ -311,10 +313,10 @@ def _tiled(fn, x, tile, margin, scale):
 
 
 def _scales_means(session, z_symbols, quality):
-    """float32 (scales, means) of y from int32 z symbols (1, h, w, C), batch axis dropped."""
-    model = session.model
-    scales, means = model.y_scales_means(model.dequantize_latents(z_symbols), quality)
-    return np.asarray(scales, np.float32)[0], np.asarray(means, np.float32)[0]
+    """(float64 scales, float32 means) of y from int32 z symbols (1, h, w, C), batch axis
+    dropped: the model's h_s in exact fixed point, so identical on every machine."""
+    scales, means = session.hyper_synthesis(z_symbols, quality)
+    return np.asarray(scales, np.float64)[0], np.asarray(means, np.float32)[0]
 
 
 def _header(session, image, colour_mode, quality):

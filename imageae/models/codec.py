@@ -635,6 +635,52 @@ class HyperpriorCodec(keras.Model):
         return config
 
 
+GAIN_TABLES = ("log_gains", "log_inverse_gains", "log_hyper_gains", "log_hyper_inverse_gains")
+
+
+def gains_for_lambdas(log_gains, old_lambdas, new_lambdas):
+    """A gain table (one row per quality) carried over to ``new_lambdas``, which must contain
+    every lambda of ``old_lambdas``: their rows are kept, each new row is the line in log(lambda)
+    through the two nearest old rows (interpolated between them, extrapolated beyond the ends).
+    """
+    log_gains = np.asarray(log_gains, dtype=np.float64)
+    old, new = list(old_lambdas), list(new_lambdas)
+    lost = [v for v in old if v not in new]
+    if lost:
+        raise ValueError(f"the new lambdas {new} drop {lost} of the model's {old}: a model can only gain qualities")
+    if len(old) < 2:
+        raise ValueError("a single-rate model has no gains to extend: train a variable-rate model")
+    x = np.log(np.asarray(old))
+    rows = []
+    for value in new:
+        if value in old:
+            rows.append(log_gains[old.index(value)])
+            continue
+        t = math.log(value)
+        j = int(np.clip(np.searchsorted(x, t), 1, len(x) - 1))  # the segment [j-1, j] nearest to t
+        slope = (log_gains[j] - log_gains[j - 1]) / (x[j] - x[j - 1])
+        rows.append(log_gains[j - 1] + slope * (t - x[j - 1]))
+    return np.stack(rows).astype(np.float32)
+
+
+def with_lambdas(model, lambdas, policy=None, **overrides):
+    """A copy of the variable-rate codec ``model`` that codes at ``lambdas`` (a superset of its
+    own): same transforms and entropy models, the gains of its qualities kept and those of new
+    qualities inter/extrapolated by :func:`gains_for_lambdas`, a starting point for training
+    the new ones. Its layers are built under dtype ``policy`` (default: the current one);
+    ``overrides`` go to the constructor like :func:`imageae.runtime.rebuilt`'s."""
+    from imageae.runtime import rebuilt
+
+    lambdas = tuple(float(v) for v in lambdas)
+    tables = {id(getattr(model, name)) for name in GAIN_TABLES if hasattr(model, name)}
+    if not tables:
+        raise ValueError("a single-rate model has no gains to extend: train a variable-rate model")
+    weights = [
+        gains_for_lambdas(v.numpy(), model.lambdas, lambdas) if id(v) in tables else v.numpy() for v in model.weights
+    ]
+    return rebuilt(model, policy or keras.config.dtype_policy().name, lambdas=lambdas, weights=weights, **overrides)
+
+
 def build_codec(num_filters=128, num_latent=192, mean_scale=True, lambdas=(0.0130,), distortion="mse", channels=3,
                 seed=0, name=None):
     """Build a :class:`HyperpriorCodec` with its weights created."""
