@@ -312,3 +312,28 @@ print("ok", keras.backend.backend())
                             check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ok jax" in result.stdout
+
+
+def test_with_lambdas_adds_qualities_keeping_the_old_ones_and_refuses_to_drop_any():
+    from imageae.models.codec import gains_for_lambdas, with_lambdas
+
+    keras.utils.set_random_seed(2)
+    model = build_codec(**TINY, lambdas=(0.004, 0.04))
+    model.log_gains.assign(np.random.default_rng(0).normal(size=(2, 12)).astype("float32"))
+    wider = with_lambdas(model, (0.001, 0.004, 0.01, 0.04), "float32")
+    assert wider.lambdas == (0.001, 0.004, 0.01, 0.04) and wider.log_gains.shape == (4, 12)
+    x = images(1, size=64, seed=1)
+    for old, new in ((1, 2), (2, 4)):  # the old qualities code exactly as before
+        np.testing.assert_array_equal(np.asarray(model(x, quality=old)["x_hat"]), np.asarray(wider(x, quality=new)["x_hat"]))
+    old = model.log_gains.numpy()
+    # lambda 0.01 lies 0.398 of the way from 0.004 to 0.04 in log; 0.001 extrapolates below
+    t = math.log(0.01 / 0.004) / math.log(10.0)
+    np.testing.assert_allclose(wider.log_gains.numpy()[2], old[0] + t * (old[1] - old[0]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(wider.log_gains.numpy()[0], old[0] - math.log(4.0) / math.log(10.0) * (old[1] - old[0]),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"drop \[0.004\]"):
+        with_lambdas(model, (0.001, 0.04))
+    with pytest.raises(ValueError, match="single-rate"):
+        with_lambdas(build_codec(**TINY), (0.004, 0.013))
+    with pytest.raises(ValueError, match="single-rate"):
+        gains_for_lambdas(np.zeros((1, 3)), (0.01,), (0.01, 0.02))
