@@ -687,6 +687,7 @@ def train_codec(config, *, progress=True):
     held-out crops. The learning rate warms up linearly and then follows a cosine to
     ``min_learning_rate`` over ``steps``. Returns the path of the written model.
     """
+    from imageae.codec.session import freeze_coding_tables
     from imageae.models.codec import build_codec, with_lambdas
     from imageae.runtime import set_precision
 
@@ -747,7 +748,7 @@ def train_codec(config, *, progress=True):
     model.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, validation_data=(val_repeated,),
               validation_batch_size=len(lambdas), callbacks=callbacks, verbose=1 if progress else 2)
     wall = time.time() - start
-    model = _best_float32(model, checkpoint_dir)
+    model = freeze_coding_tables(_best_float32(model, checkpoint_dir))  # the integer z tables, saved with it
     val_bpp, val_psnr = _codec_validation_metrics(model, val)
     return _ship(model, output, checkpoint_dir, job="compress", curve_metric="val_psnr",
                  architecture={"stride": model.stride}, card={

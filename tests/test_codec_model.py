@@ -337,3 +337,40 @@ def test_with_lambdas_adds_qualities_keeping_the_old_ones_and_refuses_to_drop_an
         with_lambdas(build_codec(**TINY), (0.004, 0.013))
     with pytest.raises(ValueError, match="single-rate"):
         gains_for_lambdas(np.zeros((1, 3)), (0.01,), (0.01, 0.02))
+
+
+def test_frozen_coding_tables_are_what_the_coder_uses_and_survive_saving(tmp_path):
+    from imageae.codec import CodecSession
+    from imageae.codec.session import freeze_coding_tables, z_coding_tables
+    from imageae.runtime import rebuilt, save_float16
+
+    keras.utils.set_random_seed(3)
+    model = build_codec(**TINY, lambdas=(0.004, 0.04))
+    assert not model.coding_tables_frozen  # a fresh model derives them from its density
+    before, offsets = z_coding_tables(model)
+    freeze_coding_tables(model)
+    assert model.coding_tables_frozen
+    # Changing the density afterwards does not change the tables the coder uses (they are frozen).
+    for variable in model.entropy_bottleneck.weights:
+        variable.assign(np.asarray(variable) + 0.5)
+    session = CodecSession(model, "frozen")
+    assert all(np.array_equal(a, b) for a, b in zip(session.z_tables, before))
+    np.testing.assert_array_equal(session.z_offsets, offsets)
+    refrozen = freeze_coding_tables(rebuilt(model, "float32"))  # the changed density's own tables differ
+    assert not all(np.array_equal(a, b) for a, b in zip(z_coding_tables(refrozen)[0], before))
+    # ... and they travel with the weights: float32 and float16-stored files, policy copies.
+    model.save(tmp_path / "m.keras")
+    save_float16(model, tmp_path / "m16.keras")
+    for copy in (keras.saving.load_model(tmp_path / "m.keras"), keras.saving.load_model(tmp_path / "m16.keras"),
+                 rebuilt(model, "mixed_bfloat16")):
+        tables, copy_offsets = z_coding_tables(copy)
+        assert all(np.array_equal(a, b) for a, b in zip(tables, before)) and np.array_equal(copy_offsets, offsets)
+
+
+def test_a_codec_saved_before_the_tables_were_stored_loads_with_them_unfrozen():
+    keras.utils.set_random_seed(4)
+    model = build_codec(**TINY, lambdas=(0.004, 0.04))
+    gains = [np.full(v.shape, 0.1 * (i + 1), np.float32) for i, v in enumerate(model._trainable_variables)]
+    model.load_own_variables({str(i): g for i, g in enumerate(gains)})  # an old file's own variables: the gains
+    np.testing.assert_array_equal(model.log_gains.numpy(), gains[0])
+    assert not model.coding_tables_frozen

@@ -44,6 +44,21 @@ def test_train_codec_writes_a_card_with_every_quality(codec_file):
     assert card["training"]["steps"] == 20 and codec_file.with_suffix(".curve.png").exists()
 
 
+def test_train_codec_stores_the_integer_coding_tables_with_the_weights(codec_file):
+    import keras
+
+    from imageae.codec.session import z_coding_tables
+
+    model = keras.saving.load_model(codec_file)
+    assert model.coding_tables_frozen
+    stored, offsets = z_coding_tables(model)
+    # They are what the model's density quantizes to...
+    model.z_table_lengths.assign(np.zeros_like(np.asarray(model.z_table_lengths)))
+    computed, computed_offsets = z_coding_tables(model)
+    assert all(np.array_equal(a, b) for a, b in zip(stored, computed)) and np.array_equal(offsets, computed_offsets)
+    assert all(t.sum() == 2**16 for t in stored)
+
+
 def test_train_codec_refuses_a_patch_size_off_the_stride(tmp_path):
     code, _, err = run_cli("train", "codec", "--data", tmp_path, "-o", tmp_path / "m.keras", "--patch-size", "100")
     assert code == 2 and "multiple of 64" in err

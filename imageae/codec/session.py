@@ -27,9 +27,9 @@ methods do the tensor work.
 What decoding relies on: the scale indexes ``k`` must come out bit-identical on the decoding
 machine. They are computed from integers (``z_sym``) by ``h_s`` evaluated in exact fixed-point
 arithmetic (:mod:`imageae.codec.fixed_point`), so no platform, BLAS, thread count or serving
-graph can round them differently. The hyper-latent tables are quantized once per model from
-its float64 density (NumPy); a libm whose exp/log differ in the last bit could change a
-table entry only if a probability fell within about 1e-12 of a rounding boundary.
+graph can round them differently. The hyper-latent tables are integers stored with the model's
+weights (:func:`freeze_coding_tables`, run by the training command); a model without them
+(saved before they were stored) gets them quantized from its float64 density at load time.
 """
 
 import collections
@@ -51,7 +51,9 @@ from imageae.codec.fixed_point import FixedPointHyperSynthesis
 from imageae.pipelines.tiling import pad_to_multiple, plan_tiles
 
 BIT_DEPTH = 8  # the only depth the codec stores; 16-bit input is refused, not silently reduced
-Z_MAX_SUPPORT = 256  # integers per hyper-latent table (values outside are escape-coded)
+# Integers per hyper-latent table (values outside are escape-coded), for a model that does not
+# say (a HyperpriorCodec's stored tables fix it: imageae.models.codec.Z_TABLE_SUPPORT).
+Z_MAX_SUPPORT = 256
 TILE = 1024  # padded images with a side above this run through g_a and g_s in overlapping tiles
 # Overlap of those tiles, in pixels: at least the transforms' receptive-field radius (g_a: four
 # 5x5 stride-2 convolutions, 2 * (1 + 2 + 4 + 8) = 30 pixels; g_s: about 2 latents = 32 pixels)
@@ -188,9 +190,35 @@ class CodecSession:
 def z_coding_tables(model):
     """The integer coding tables of a codec's hyper-latents: (list of int32 frequency tables,
     16 bits, escape last, one per channel of z; int32 offsets, the value of each table's first
-    entry), quantized from the model's float64 density (``model.z_pmf_tables``)."""
-    pmf, offsets, lengths = model.z_pmf_tables(Z_MAX_SUPPORT)
+    entry). Those stored with the model's weights when it has them (:func:`freeze_coding_tables`),
+    else quantized from its float64 density (``model.z_pmf_tables``)."""
+    if getattr(model, "coding_tables_frozen", False):
+        tables = np.asarray(model.z_cdf_tables, np.int32)
+        lengths = np.asarray(model.z_table_lengths)
+        return [tables[c, :n].copy() for c, n in enumerate(lengths)], np.asarray(model.z_table_offsets, np.int32)
+    pmf, offsets, lengths = model.z_pmf_tables(_z_support(model))
     return quantize_pmf_tables(pmf, lengths), np.asarray(offsets, np.int32)
+
+
+def _z_support(model):
+    tables = getattr(model, "z_cdf_tables", None)
+    return Z_MAX_SUPPORT if tables is None else int(tables.shape[-1]) - 1
+
+
+def freeze_coding_tables(model):
+    """Quantize the hyper-latent tables from ``model``'s current density and store them in its
+    weights (they are saved with it), so that every machine that loads the model codes with
+    these integers instead of re-deriving them from floats. Call it once training is done (the
+    training command does); training afterwards leaves the stored tables stale. Returns ``model``."""
+    pmf, offsets, lengths = model.z_pmf_tables(_z_support(model))
+    tables = quantize_pmf_tables(pmf, lengths)
+    padded = np.zeros(tuple(model.z_cdf_tables.shape), np.int32)
+    for row, table in zip(padded, tables):
+        row[: len(table)] = table
+    model.z_cdf_tables.assign(padded)
+    model.z_table_lengths.assign(np.asarray([len(t) for t in tables], np.int32))
+    model.z_table_offsets.assign(np.asarray(offsets, np.int32))
+    return model
 
 
 def make_session_lookup(*sessions):

@@ -60,6 +60,7 @@ QUALITY_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.180
 SCALE_BOUND = 0.11  # the smallest scale of the Gaussian conditional (Balle 2018, CompressAI)
 LIKELIHOOD_BOUND = 1e-9  # no symbol costs more than log2(1e9) ~ 30 bits
 DISTORTIONS = ("mse",)
+Z_TABLE_SUPPORT = 256  # integers per hyper-latent coding table (values outside are escape-coded)
 
 PmfTables = collections.namedtuple("PmfTables", ["pmf", "offsets", "lengths"])
 PmfTables.__doc__ = """Per-channel probability tables over integer supports.
@@ -402,6 +403,17 @@ class HyperpriorCodec(keras.Model):
         build_stack(self.h_a, self.num_latent)
         build_stack(self.h_s, self.num_filters)
         self.entropy_bottleneck.build((None, None, None, self.num_filters))
+        # The hyper-latents' integer coding tables (per channel of z: a 16-bit frequency table,
+        # escape last, zero-padded; its length; the integer of its first entry), stored with the
+        # weights once training is done (imageae.codec.session.freeze_coding_tables) so that
+        # every machine codes with the same integers. All zero until then: the coder then
+        # quantizes them from the float density, which another machine may round differently.
+        def table(name, shape):
+            return self.add_weight(shape=shape, initializer="zeros", dtype="int32", trainable=False, name=name)
+
+        self.z_cdf_tables = table("z_cdf_tables", (self.num_filters, Z_TABLE_SUPPORT + 1))
+        self.z_table_lengths = table("z_table_lengths", (self.num_filters,))
+        self.z_table_offsets = table("z_table_offsets", (self.num_filters,))
         if self.num_qualities > 1:
             # Log-gains (always positive gains). y's start at sqrt(lambda / geometric mean): at
             # high rate the quantization step that balances MSE against bits goes as
@@ -420,6 +432,20 @@ class HyperpriorCodec(keras.Model):
             self.log_hyper_gains = gains("log_hyper_gains", n, "zeros")
             self.log_hyper_inverse_gains = gains("log_hyper_inverse_gains", n, "zeros")
         self.built = True
+
+    def load_own_variables(self, store):
+        # Files saved before the coding tables were stored hold only the gains (if any): load
+        # those and leave the tables unfrozen.
+        if len(store.keys()) == len(self._trainable_variables):
+            for i, variable in enumerate(self._trainable_variables):
+                variable.assign(store[f"{i}"])
+            return
+        super().load_own_variables(store)
+
+    @property
+    def coding_tables_frozen(self):
+        """Whether the integer coding tables of z are stored with the weights."""
+        return bool(np.all(np.asarray(self.z_table_lengths) > 0))
 
     @property
     def stride(self):
