@@ -357,8 +357,7 @@ def interpolate(image_a, image_b, *, steps=8, model="vae-digits"):
 
 # ---------------------------------------------------------------------------------- compress
 
-DEFAULT_CODEC = "codec-v1"
-DEFAULT_QUALITY = 4
+DEFAULT_CODEC = "codec-v2"
 IAE_EXTENSION = ".iae"
 _sessions = {}
 
@@ -405,12 +404,13 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
         Grey or RGB, any size. Alpha and 16-bit images are refused (ValueError), not reduced.
     quality : int
         1 (smallest files) to the model's number of qualities (``imageae models`` lists
-        them); default 4 when ``target_bpp`` is not given either.
+        them); default two thirds up the range (6 of 9 for codec-v2) when ``target_bpp`` is not
+        given either.
     target_bpp : float
         Instead of ``quality``: the highest quality whose file stays within this many bits
         per pixel (quality 1 when even that is larger), found by encoding.
     model : str
-        A registered codec (default "codec-v1") or the path of a .keras codec.
+        A registered codec (default "codec-v2") or the path of a .keras codec.
 
     Returns
     -------
@@ -427,12 +427,18 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
     return _compress_pixels(codec_session(model), _codec_pixels(image), quality, target_bpp)
 
 
+def default_quality(session):
+    """The quality used when none is asked for: two thirds up the model's range (codec-v2:
+    6 of 9, about 0.7 bits per pixel on photos; a single-rate model: its only one)."""
+    return max(1, round(session.num_qualities * 2 / 3))
+
+
 def _compress_pixels(session, pixels, quality, target_bpp):
     """:func:`compress` once the session and the pixel array are in hand."""
     from imageae.codec import compress_array
 
     if target_bpp is None:
-        return compress_array(session, pixels, DEFAULT_QUALITY if quality is None else quality)
+        return compress_array(session, pixels, default_quality(session) if quality is None else quality)
     if not target_bpp > 0:
         raise ValueError(f"target_bpp must be positive, got {target_bpp}")
     budget = float(target_bpp) * pixels.shape[0] * pixels.shape[1]

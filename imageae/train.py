@@ -612,6 +612,9 @@ def load_labels(path):
     return _read_idx(path).astype(np.int64)
 
 
+CODEC_LAMBDAS = (0.00025, 0.0005, 0.001, 0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483)
+
+
 @dataclasses.dataclass
 class CodecTrainConfig:
     """Everything that decides a learned-codec training run (saved in the model card)."""
@@ -619,8 +622,9 @@ class CodecTrainConfig:
     data: list
     output: str
     # Rate-distortion trade-off of each quality, increasing (loss = bpp + lmbda * 255^2 * MSE on
-    # 0..1 images); one value: a single-rate model. Default: the published lambdas of qualities 1..6.
-    lambdas: tuple = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483)
+    # 0..1 images); one value: a single-rate model. Empty: those of the --init model, else
+    # CODEC_LAMBDAS (codec-v2's nine: the published lambdas of qualities 1..6 and three below).
+    lambdas: tuple = ()
     num_filters: int = 128
     num_latent: int = 192
     mean_scale: bool = True
@@ -693,10 +697,22 @@ def train_codec(config, *, progress=True):
 
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
-    lambdas = tuple(float(v) for v in config.lambdas)
     output = Path(config.output)
     checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    last = checkpoint_dir / "last.keras"
+    resuming = config.resume and last.exists()
+    # The model to start from: the last checkpoint, the --init model, or none; the lambdas:
+    # the checkpoint's, else the config's, else the --init model's, else CODEC_LAMBDAS.
+    source = None
+    if resuming:
+        source = keras.saving.load_model(last)
+    elif config.init:
+        from imageae.registry import load_model
+
+        source = load_model(config.init, job="compress")
+    lambdas = tuple(float(v) for v in (
+        source.lambdas if resuming else config.lambdas or (source.lambdas if source else CODEC_LAMBDAS)))
 
     images = [_pad_to(img, config.patch_size) for img in load_training_images(config.data, 3, uint8=True)]
     rng = np.random.default_rng(config.seed)
@@ -716,18 +732,14 @@ def train_codec(config, *, progress=True):
     train_data = RandomCrops(train_images, config, channels=3, augment=_random_hflip, paired=False, scale=False)
 
     epochs = math.ceil(config.steps / config.steps_per_epoch)
-    last = checkpoint_dir / "last.keras"
     initial_epoch = 0
-    if config.resume and last.exists():
-        model = keras.saving.load_model(last)
+    if resuming:
+        model = source
         initial_epoch = json.loads((checkpoint_dir / "state.json").read_text())["epoch"]
         train_data.epoch = initial_epoch
         print(f"resuming from {last} at epoch {initial_epoch}")
     else:
-        if config.init:
-            from imageae.registry import load_model
-
-            source = load_model(config.init, job="compress")
+        if source is not None:
             for key in ("num_filters", "num_latent", "mean_scale"):
                 if getattr(source, key) != getattr(config, key):
                     raise ValueError(f"--init model has {key}={getattr(source, key)}, the config says "

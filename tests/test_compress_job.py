@@ -59,6 +59,23 @@ def test_train_codec_stores_the_integer_coding_tables_with_the_weights(codec_fil
     assert all(t.sum() == 2**16 for t in stored)
 
 
+def test_train_codec_init_keeps_the_models_qualities_or_adds_new_ones(codec_file, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(smooth_image(96, 128, seed=30)).save(photos / "p.png")
+    common = ("train", "codec", "--data", photos, "--init", codec_file, "--filters", "8", "--latent", "12",
+              "--steps", "2", "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2",
+              "--warmup-steps", "1", "--precision", "float32")
+    for extra, lambdas in (((), [0.004, 0.04]), (("--lambdas", "0.001,0.004,0.04"), [0.001, 0.004, 0.04])):
+        out = tmp_path / f"m{len(lambdas)}.keras"
+        code, _, err = run_cli(*common, *extra, "-o", out, "--checkpoint-dir", tmp_path / f"ck{len(lambdas)}")
+        assert code == 0, err
+        card = json.loads(out.with_suffix(".json").read_text())
+        assert card["rate_distortion"]["lambdas"] == lambdas
+    code, _, err = run_cli(*common, "--lambdas", "0.001,0.04", "-o", tmp_path / "bad.keras")
+    assert code == 2 and "drop [0.004]" in err
+
+
 def test_train_codec_refuses_a_patch_size_off_the_stride(tmp_path):
     code, _, err = run_cli("train", "codec", "--data", tmp_path, "-o", tmp_path / "m.keras", "--patch-size", "100")
     assert code == 2 and "multiple of 64" in err
