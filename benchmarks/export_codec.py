@@ -22,7 +22,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "photos" / "BSDS500" / "val"
 
-from common import Timer, git_commit  # noqa: E402
+from common import Timer, git_commit
 
 
 def main(argv=None):
@@ -81,8 +81,8 @@ def main(argv=None):
         "identical_files": f"{same_files} of {runs}",
         "seconds": round(timer.seconds, 1),
     }
-    for key in totals:
-        print(f"{key:>14}: {differing[key]} of {totals[key]:,} differ")
+    for key, total in totals.items():
+        print(f"{key:>14}: {differing[key]} of {total:,} differ")
     print(f"client file == imageae.compress bytes: {same_files} of {runs}   ({timer.seconds:.0f} s)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -123,9 +123,8 @@ def _codec_archive(model):
 
     from imageae.codec.coder import SCALE_LEVELS, SCALE_TABLE
     from imageae.codec.fixed_point import FixedPointHyperSynthesis
-    from imageae.codec.session import z_coding_tables
+    from imageae.codec.session import analysis_graph, z_coding_tables
 
-    stride = int(model.stride)
     # The same float64 bounds as imageae.codec.coder.scale_indexes compares against, and the
     # same exact fixed-point h_s as imageae.codec.session: identical indexes and means.
     bounds = tf.constant(SCALE_TABLE, tf.float64)
@@ -144,14 +143,11 @@ def _codec_archive(model):
         k = tf.reshape(tf.minimum(k, SCALE_LEVELS - 1), tf.shape(scales))
         return tf.cast(k, tf.int32), means
 
+    transforms = analysis_graph(model)  # the graph the package's session runs, so y matches bit for bit
+
     def analysis(images, quality):
-        # Mirror padding at the bottom and right, as imageae.pipelines.tiling.pad_to_multiple does.
-        h, w = tf.shape(images)[1], tf.shape(images)[2]
-        x = tf.cast(images, tf.float32) / 255.0
-        x = tf.pad(x, [[0, 0], [0, (-h) % stride], [0, (-w) % stride], [0, 0]], mode="SYMMETRIC")
-        q = tf.reshape(quality, [1])
-        y = model.analyze(x, q)
-        z_symbols = tf.cast(tf.round(model.hyper(y, q)), tf.int32)
+        y, z = transforms(images, quality)
+        z_symbols = tf.cast(tf.round(z), tf.int32)
         k, means = indexes_and_means(z_symbols, quality)
         y_symbols = tf.cast(tf.round(y - means), tf.int32)
         return {"z_symbols": z_symbols, "y_symbols": y_symbols, "scale_indexes": k}

@@ -205,9 +205,10 @@ def test_shipped_vae_export_generates_the_api_images_for_a_seed(name, shipped_mo
 def _codec_round_trip_matches_the_api(model, tmp_path, image, quality):
     """Export ``model`` (name or .keras path); the served transforms give the API's latents
     exactly, the client helper writes the API's bytes, and either side decodes the other's
-    files. The scale indexes and means come from the exact fixed-point h_s on both sides; y
-    itself is float32 (graph vs eager kernels, ~1e-6 apart), so identical y symbols mean no y
-    fell that close to a rounding tie (measured: none of 3.5 M on 8 BSDS500 photos x 3 qualities).
+    files. The scale indexes and means come from the exact fixed-point h_s on both sides, and y
+    from the same traced graph (``imageae.codec.session.analysis_graph``); an eager y could
+    round differently at a tie (before, 16 of 73.7 M y symbols did over 100 photos x 5
+    qualities; now none: ``python benchmarks/export_codec.py --limit 100 --qualities 1 3 5 7 9``).
     Decoded pixels may differ by 1 where the float32 synthesis lands on a rounding tie.
     """
     import tensorflow as tf
@@ -260,6 +261,8 @@ def test_codec_export_serves_the_api_latents_and_the_client_writes_the_api_bytes
     rng = np.random.default_rng(3)
     image = np.clip(rng.normal(128, 40, (37, 70, 3)), 0, 255).astype(np.uint8)
     _codec_round_trip_matches_the_api(str(path), tmp_path / "serving", image, 2)
+    # An image smaller than the padding it needs (mirror padding past its own size).
+    _codec_round_trip_matches_the_api(str(path), tmp_path / "tiny", image[:5, :9], 1)
 
 
 @pytest.mark.slow

@@ -151,6 +151,7 @@ class CodecSession:
         self.tile = int(tile)
         self.z_tables, self.z_offsets = z_coding_tables(self.model)
         self.hyper_synthesis = FixedPointHyperSynthesis(self.model)
+        self.analysis = analysis_graph(self.model)
         for table in (*self.z_tables, self.z_offsets):
             table.flags.writeable = False
         # Latent sizes measured once on a stride x stride image, rather than assumed.
@@ -299,11 +300,46 @@ def _model_input(session, image):
     return x[None]
 
 
+def analysis_graph(model):
+    """The analysis transforms as one ``tf.function``: uint8 images (1, H, W, C) and an int32
+    quality -> float32 (y, z), the image mirror-padded to the model's stride inside the graph.
+
+    The session (for images that fit one tile) and the SavedModel export (``imageae.export``)
+    both run this function, so the graph TensorFlow optimizes, and thus y's last bits, are the
+    same: an eager computation can round differently from a graph, and a y at a rounding tie
+    would then become another symbol.
+    """
+    import tensorflow as tf
+
+    stride, channels = int(model.stride), int(model.channels)
+
+    def mirrored(n):
+        # Indexes of n rows mirror-padded to a multiple of the stride: NumPy's "symmetric"
+        # (pad_to_multiple), also when the padding is longer than the image (tf.pad cannot).
+        i = tf.range(n + (-n) % stride) % (2 * n)
+        return tf.where(i < n, i, 2 * n - 1 - i)
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None, None, channels], tf.uint8),
+                                  tf.TensorSpec([], tf.int32)], autograph=False)
+    def analysis(images, quality):
+        x = tf.cast(images, tf.float32) / 255.0
+        x = tf.gather(tf.gather(x, mirrored(tf.shape(x)[1]), axis=1), mirrored(tf.shape(x)[2]), axis=2)
+        q = tf.reshape(quality, [1])
+        y = model.analyze(x, q)
+        return y, model.hyper(y, q)
+
+    return analysis
+
+
 def _analyze(session, image, quality):
     model = session.model
-    y = _tiled(lambda x: model.analyze(x, quality), _model_input(session, image), session.tile,
-               TILE_MARGIN, 1.0 / session.y_factor)
-    z = model.hyper(y, quality)
+    if max(image.shape[:2]) <= session.tile:  # one graph call, the export's
+        pixels = image if image.shape[-1] == session.channels else np.repeat(image, session.channels, axis=-1)
+        y, z = (np.asarray(t, np.float32) for t in session.analysis(pixels[None], np.int32(quality)))
+    else:
+        y = _tiled(lambda x: model.analyze(x, quality), _model_input(session, image), session.tile,
+                   TILE_MARGIN, 1.0 / session.y_factor)
+        z = model.hyper(y, quality)
     if not (np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(z)))):
         raise ValueError(f"model {session.name!r} produced non-finite latents for this image")
     if np.abs(np.asarray(z)).max() >= _INT32_LIMIT:
