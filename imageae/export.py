@@ -118,23 +118,18 @@ def _vae_archive(model):
 
 def _codec_archive(model):
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from imageae.codec.coder import SCALE_LEVELS, SCALE_TABLE
     from imageae.codec.fixed_point import FixedPointHyperSynthesis
-    from imageae.codec.session import analysis_graph, z_coding_tables
+    from imageae.codec.session import analysis_graph, padded_tables, z_coding_tables
 
     # The same float64 bounds as imageae.codec.coder.scale_indexes compares against, and the
     # same exact fixed-point h_s as imageae.codec.session: identical indexes and means.
     bounds = tf.constant(SCALE_TABLE, tf.float64)
     hyper_synthesis = FixedPointHyperSynthesis(model)
     tables, offsets = z_coding_tables(model)
-    width = max(len(t) for t in tables)
-    z_cdf = np.zeros((len(tables), width), np.int32)
-    for row, table in zip(z_cdf, tables):
-        row[: len(table)] = table
-    z_cdf, z_lengths = tf.constant(z_cdf), tf.constant([len(t) for t in tables], tf.int32)
+    z_cdf, z_lengths = (tf.constant(a) for a in padded_tables(tables))
     z_offsets = tf.constant(offsets)
 
     def indexes_and_means(z_symbols, quality):

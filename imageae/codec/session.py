@@ -212,14 +212,21 @@ def freeze_coding_tables(model):
     these integers instead of re-deriving them from floats. Call it once training is done (the
     training command does); training afterwards leaves the stored tables stale. Returns ``model``."""
     pmf, offsets, lengths = model.z_pmf_tables(_z_support(model))
-    tables = quantize_pmf_tables(pmf, lengths)
-    padded = np.zeros(tuple(model.z_cdf_tables.shape), np.int32)
-    for row, table in zip(padded, tables):
-        row[: len(table)] = table
+    padded, lengths = padded_tables(quantize_pmf_tables(pmf, lengths), int(model.z_cdf_tables.shape[-1]))
     model.z_cdf_tables.assign(padded)
-    model.z_table_lengths.assign(np.asarray([len(t) for t in tables], np.int32))
+    model.z_table_lengths.assign(lengths)
     model.z_table_offsets.assign(np.asarray(offsets, np.int32))
     return model
+
+
+def padded_tables(tables, width=None):
+    """Variable-length int32 tables as one zero-padded (C, width) array (width: the longest
+    table by default) and their int32 lengths: how the model and the export store them."""
+    lengths = np.asarray([len(t) for t in tables], np.int32)
+    padded = np.zeros((len(tables), int(lengths.max()) if width is None else width), np.int32)
+    for row, table in zip(padded, tables):
+        row[: len(table)] = table
+    return padded, lengths
 
 
 def make_session_lookup(*sessions):
