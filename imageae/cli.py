@@ -309,6 +309,10 @@ def build_parser():
                    help="rate-distortion trade-off of each quality, increasing (default: those of the --init "
                         "model, else codec-v2's 0.00025,0.0005,0.001,0.0018,0.0035,0.0067,0.013,0.025,0.0483); "
                         "with --init, the model's lambdas plus new ones add qualities")
+    t.add_argument("--quantization", choices=("mixed", "noise"), default="mixed",
+                   help="what g_s and h_s see in training: 'mixed' rounds y - means and z as decoding will "
+                        "(straight-through gradients; noise only in the rate term, Minnen & Singh 2020), "
+                        "'noise' adds uniform noise everywhere (Balle 2018) (default: mixed)")
     t.add_argument("--filters", type=_positive_int, default=128, help="channels N of the transforms and z (default: 128)")
     t.add_argument("--latent", type=_positive_int, default=192, help="channels M of y (default: 192)")
     t.add_argument("--steps", type=_positive_int, default=100000, help="optimiser steps (default: 100000)")
@@ -562,7 +566,7 @@ def _cmd_train_codec(args):
         raise ValueError(f"--patch-size must be a multiple of 64 (the codec's stride), got {args.patch_size}")
     config = CodecTrainConfig(
         data=args.data, output=args.output, lambdas=lambdas, num_filters=args.filters, num_latent=args.latent,
-        init=args.init or "", patch_size=args.patch_size, batch_size=args.batch_size, steps=args.steps,
+        quantization=args.quantization, init=args.init or "", patch_size=args.patch_size, batch_size=args.batch_size, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
         patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
         precision=args.precision, workers=args.workers, max_seconds=60.0 * args.max_minutes,

@@ -628,6 +628,7 @@ class CodecTrainConfig:
     num_filters: int = 128
     num_latent: int = 192
     mean_scale: bool = True
+    quantization: str = "mixed"  # what g_s and h_s see in training (HyperpriorCodec's quantization)
     init: str = ""  # a codec model name or .keras path to start from (same architecture; its lambdas or more)
     patch_size: int = 256
     batch_size: int = 8
@@ -745,12 +746,13 @@ def train_codec(config, *, progress=True):
                     raise ValueError(f"--init model has {key}={getattr(source, key)}, the config says "
                                      f"{getattr(config, key)}: make them agree")
             if source.lambdas == lambdas:
-                model = rebuilt(source, policy, lambdas=lambdas, seed=config.seed)
+                model = rebuilt(source, policy, lambdas=lambdas, seed=config.seed, quantization=config.quantization)
             else:  # new qualities: start their gains from the model's own (raises if any is dropped)
-                model = with_lambdas(source, lambdas, policy, seed=config.seed)
+                model = with_lambdas(source, lambdas, policy, seed=config.seed, quantization=config.quantization)
                 print(f"--init model's lambdas {list(source.lambdas)} extended to {list(lambdas)}")
         else:
-            model = build_codec(config.num_filters, config.num_latent, config.mean_scale, lambdas, seed=config.seed)
+            model = build_codec(config.num_filters, config.num_latent, config.mean_scale, lambdas, seed=config.seed,
+                                quantization=config.quantization)
         model.compile(optimizer=keras.optimizers.Adam(_cosine_schedule(config), clipnorm=config.clipnorm))
 
     previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
@@ -781,7 +783,11 @@ def train_codec(config, *, progress=True):
             "batch_size": config.batch_size,
             "patch_size": config.patch_size,
             "augmentation": "random crops, random horizontal flips",
-            "quantization_proxy": "additive uniform noise U(-0.5, 0.5) on y and z",
+            "quantization_proxy": {
+                "mixed": "rate: additive uniform noise U(-0.5, 0.5) on y and z; g_s and h_s: rounded y - means "
+                         "and z, straight-through gradients (Minnen & Singh 2020)",
+                "noise": "additive uniform noise U(-0.5, 0.5) on y and z",
+            }[model.quantization],
             "precision_policy": policy,
             "wall_time_seconds": round(wall + previous_wall, 1),
             "config": _plain(dataclasses.asdict(config)),

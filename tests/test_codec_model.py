@@ -119,16 +119,18 @@ def test_bad_arguments_raise_clear_errors():
         HyperpriorCodec(lambdas=(0.0,))
     with pytest.raises(ValueError, match="lambdas must increase"):
         HyperpriorCodec(lambdas=(0.01, 0.005))
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        HyperpriorCodec(quantization="round")
     with pytest.raises(ValueError, match="quality must be 1..8"):
         lambda_for_quality(9)
     assert lambda_for_quality(1) == QUALITY_LAMBDAS[0] == 0.0018 and lambda_for_quality(8) == 0.18
 
 
 def test_config_round_trip_keeps_every_constructor_argument():
-    model = tiny_codec(mean_scale=False, lambdas=(0.0067, 0.0483), seed=7)
+    model = tiny_codec(mean_scale=False, lambdas=(0.0067, 0.0483), seed=7, quantization="mixed")
     config = model.get_config()
     expected = {"num_filters": 8, "num_latent": 12, "mean_scale": False, "lambdas": [0.0067, 0.0483], "distortion": "mse",
-                "channels": 3, "seed": 7}
+                "channels": 3, "seed": 7, "quantization": "mixed"}
     assert {k: config[k] for k in expected} == expected
     rebuilt = HyperpriorCodec.from_config(config)
     assert rebuilt.get_config() == config
@@ -267,6 +269,32 @@ def test_training_lowers_the_rate_and_raises_psnr():
     assert bpp_after < 0.5 * bpp_before, (bpp_before, bpp_after)
     assert psnr_after > psnr_before + 3.0, (psnr_before, psnr_after)
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+
+
+@pytest.mark.parametrize("mean_scale", [True, False], ids=["mean_scale", "scale_only"])
+def test_mixed_quantization_trains_the_synthesis_on_what_decoding_gives_it(mean_scale):
+    # "mixed": in training, g_s and h_s see the rounded latents (the reconstruction is exactly
+    # the inference one), the likelihoods see noisy ones; "noise": noisy everywhere.
+    x = images(2, seed=2)
+    mixed = tiny_codec(mean_scale=mean_scale, init_seed=1, lambdas=(0.0035, 0.013), quantization="mixed")
+    widen_latents(mixed, 10.0)
+    noise = HyperpriorCodec.from_config({**mixed.get_config(), "quantization": "noise"})
+    noise.build((None, None, None, 3))
+    noise.set_weights(mixed.get_weights())
+    inference = np.asarray(mixed(x, quality=2)["x_hat"])
+    trained_mixed = mixed(x, training=True, quality=2)
+    np.testing.assert_allclose(np.asarray(trained_mixed["x_hat"]), inference, atol=1e-6)
+    assert np.max(np.abs(np.asarray(noise(x, training=True, quality=2)["x_hat"]) - inference)) > 1e-3
+    # the rate term still sees noise: training likelihoods differ from the rounded ones
+    assert not np.allclose(np.asarray(trained_mixed["y_likelihoods"]), np.asarray(mixed(x, quality=2)["y_likelihoods"]))
+
+    # Straight-through: the distortion's gradient reaches the analysis transform.
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        distortion = tf.reduce_mean(tf.square(mixed(x, training=True, quality=2)["x_hat"] - x))
+    gradient = tape.gradient(distortion, mixed.g_a[0].kernel)
+    assert gradient is not None and float(tf.reduce_max(tf.abs(gradient))) > 0.0
 
 
 def test_mixed_bfloat16_keeps_latents_likelihoods_and_loss_in_float32():

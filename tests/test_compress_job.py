@@ -42,6 +42,8 @@ def test_train_codec_writes_a_card_with_every_quality(codec_file):
     rates = card["metrics"]["validation_bpp_estimate_by_quality"]
     assert len(rates) == 2 and rates[0] < rates[1]
     assert card["training"]["steps"] == 20 and codec_file.with_suffix(".curve.png").exists()
+    assert card["training"]["config"]["quantization"] == "mixed"  # the default
+    assert "straight-through" in card["training"]["quantization_proxy"]
 
 
 def test_train_codec_stores_the_integer_coding_tables_with_the_weights(codec_file):
@@ -66,12 +68,15 @@ def test_train_codec_init_keeps_the_models_qualities_or_adds_new_ones(codec_file
     common = ("train", "codec", "--data", photos, "--init", codec_file, "--filters", "8", "--latent", "12",
               "--steps", "2", "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2",
               "--warmup-steps", "1", "--precision", "float32")
-    for extra, lambdas in (((), [0.004, 0.04]), (("--lambdas", "0.001,0.004,0.04"), [0.001, 0.004, 0.04])):
+    cases = ((("--quantization", "noise"), [0.004, 0.04], "noise"),
+             (("--lambdas", "0.001,0.004,0.04"), [0.001, 0.004, 0.04], "mixed"))
+    for extra, lambdas, quantization in cases:
         out = tmp_path / f"m{len(lambdas)}.keras"
         code, _, err = run_cli(*common, *extra, "-o", out, "--checkpoint-dir", tmp_path / f"ck{len(lambdas)}")
         assert code == 0, err
         card = json.loads(out.with_suffix(".json").read_text())
         assert card["rate_distortion"]["lambdas"] == lambdas
+        assert card["training"]["config"]["quantization"] == quantization
     code, _, err = run_cli(*common, "--lambdas", "0.001,0.04", "-o", tmp_path / "bad.keras")
     assert code == 2 and "drop [0.004]" in err
 

@@ -16,7 +16,10 @@ one set of transforms and entropy models serves every rate. Training draws a qua
 and weights its distortion with that quality's lambda.
 
 Training replaces rounding by additive uniform noise (``keras.random`` from a
-``SeedGenerator``), and minimises the rate-distortion loss
+``SeedGenerator``) in the rate term. With ``quantization="mixed"`` (Minnen & Singh 2020) the
+synthesis and h_s see the rounded values instead (y_hat = round(y - means) + means, z_hat =
+round(z), straight-through gradients), as they will when decoding a file; with "noise" (the
+original recipe) they see the noisy ones too. Either way it minimises the rate-distortion loss
 
     loss = bpp + lmbda * 255^2 * MSE(x, x_hat)
 
@@ -60,6 +63,7 @@ QUALITY_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.180
 SCALE_BOUND = 0.11  # the smallest scale of the Gaussian conditional (Balle 2018, CompressAI)
 LIKELIHOOD_BOUND = 1e-9  # no symbol costs more than log2(1e9) ~ 30 bits
 DISTORTIONS = ("mse",)
+QUANTIZATIONS = ("noise", "mixed")
 Z_TABLE_SUPPORT = 256  # integers per hyper-latent coding table (values outside are escape-coded)
 
 PmfTables = collections.namedtuple("PmfTables", ["pmf", "offsets", "lengths"])
@@ -80,6 +84,11 @@ def lambda_for_quality(quality):
 
 
 # ------------------------------------------------------------------------------ entropy models
+
+
+def _round_straight_through(values):
+    """round(values) forward, the identity backward."""
+    return values + ops.stop_gradient(ops.round(values) - values)
 
 
 def _standard_normal_cdf(t):
@@ -284,7 +293,7 @@ class HyperpriorCodec(keras.Model):
     uint8 batch on 0..255), with H and W multiples of :attr:`stride`, returns a dict: ``x_hat`` (unclipped reconstruction),
     ``y_likelihoods`` (N, H/16, W/16, num_latent), ``z_likelihoods`` (N, H/64, W/64,
     num_filters), all float32, and ``quality`` (int32 (N,), the quality each image was coded
-    at). ``training=True`` adds uniform noise in place of rounding.
+    at). ``training=True`` adds uniform noise in place of rounding (see ``quantization``).
 
     Parameters
     ----------
@@ -306,6 +315,10 @@ class HyperpriorCodec(keras.Model):
         Image channels (3 for RGB).
     seed : int
         Seed of the training noise and of the qualities drawn in training.
+    quantization : str
+        What training feeds the synthesis and h_s: "mixed" (rounded values with straight-through
+        gradients, noise only in the likelihoods) or "noise" (noisy values everywhere).
+        Inference and coding always round; this changes training only.
 
     Examples
     --------
@@ -320,10 +333,12 @@ class HyperpriorCodec(keras.Model):
     """
 
     def __init__(self, num_filters=128, num_latent=192, mean_scale=True, lambdas=(0.0130,), distortion="mse",
-                 channels=3, seed=0, **kwargs):
+                 channels=3, seed=0, quantization="noise", **kwargs):
         super().__init__(**kwargs)
         if distortion not in DISTORTIONS:
             raise ValueError(f"distortion must be one of {DISTORTIONS}, got {distortion!r}")
+        if quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
         if isinstance(lambdas, (int, float)):
             lambdas = (lambdas,)
         lambdas = tuple(float(v) for v in lambdas)
@@ -341,6 +356,7 @@ class HyperpriorCodec(keras.Model):
         self.distortion = distortion
         self.channels = int(channels)
         self.seed = int(seed)
+        self.quantization = quantization
         n, m = self.num_filters, self.num_latent
 
         def conv(filters, kernel, stride, name, activation=None, dtype=None):
@@ -594,17 +610,20 @@ class HyperpriorCodec(keras.Model):
         quality = self._qualities(quality, batch)
         y = self.analyze(x, quality)
         z = self.hyper(y, quality)
+        # z_noisy / y_noisy: what the likelihoods see; z_hat / y_hat: what h_s and g_s see.
         if training:
-            z_hat = z + keras.random.uniform(ops.shape(z), -0.5, 0.5, seed=self.seed_generator)
+            z_noisy = z + keras.random.uniform(ops.shape(z), -0.5, 0.5, seed=self.seed_generator)
+            z_hat = _round_straight_through(z) if self.quantization == "mixed" else z_noisy
         else:
-            z_hat = ops.round(z)
-        z_likelihoods = self.entropy_bottleneck(z_hat)
+            z_hat = z_noisy = ops.round(z)
+        z_likelihoods = self.entropy_bottleneck(z_noisy)
         scales, means = self.y_scales_means(z_hat, quality)
         if training:
-            y_hat = y + keras.random.uniform(ops.shape(y), -0.5, 0.5, seed=self.seed_generator)
+            y_noisy = y + keras.random.uniform(ops.shape(y), -0.5, 0.5, seed=self.seed_generator)
+            y_hat = _round_straight_through(y - means) + means if self.quantization == "mixed" else y_noisy
         else:
-            y_hat = ops.round(y - means) + means
-        y_likelihoods = gaussian_likelihood(y_hat - means, scales)
+            y_hat = y_noisy = ops.round(y - means) + means
+        y_likelihoods = gaussian_likelihood(y_noisy - means, scales)
         return {"x_hat": self._synthesize(y_hat, quality), "y_likelihoods": y_likelihoods,
                 "z_likelihoods": z_likelihoods, "quality": quality}
 
@@ -657,6 +676,7 @@ class HyperpriorCodec(keras.Model):
         config.update(
             num_filters=self.num_filters, num_latent=self.num_latent, mean_scale=self.mean_scale,
             lambdas=list(self.lambdas), distortion=self.distortion, channels=self.channels, seed=self.seed,
+            quantization=self.quantization,
         )
         return config
 
@@ -708,9 +728,9 @@ def with_lambdas(model, lambdas, policy=None, **overrides):
 
 
 def build_codec(num_filters=128, num_latent=192, mean_scale=True, lambdas=(0.0130,), distortion="mse", channels=3,
-                seed=0, name=None):
+                seed=0, name=None, quantization="noise"):
     """Build a :class:`HyperpriorCodec` with its weights created."""
     model = HyperpriorCodec(num_filters=num_filters, num_latent=num_latent, mean_scale=mean_scale, lambdas=lambdas,
-                            distortion=distortion, channels=channels, seed=seed, name=name)
+                            distortion=distortion, channels=channels, seed=seed, quantization=quantization, name=name)
     model.build((None, None, None, channels))
     return model
