@@ -66,7 +66,8 @@ examples:
 Random square crops (--patch-size) with random horizontal flips. One model learns every quality
 in --lambdas (loss = bits per pixel + lambda * 255^2 * MSE; each crop draws a quality); the
 validation crops are coded at every quality with real rounding. The learning rate warms up
-and then follows a cosine to zero over --steps.
+and then follows a cosine to zero over --steps. By default (--quantization mixed) the
+synthesis trains on the rounded latents that decoding will give it.
 """
 
 _EPILOG_GENERATE = """\
