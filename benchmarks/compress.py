@@ -576,9 +576,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="--model none measures the baselines only.")
-    p.add_argument("--model", nargs="+", default=["codec-v2"], metavar="PATH_OR_NAME",
+    p.add_argument("--model", nargs="+", default=["codec-v3"], metavar="PATH_OR_NAME",
                    help="codecs (every quality of each): registered names or .keras files; 'none' for the "
-                        "baselines only (default: codec-v2)")
+                        "baselines only (default: codec-v3)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help=f"folder of test images, read as RGB (default: {DEFAULT_DATA})")
     p.add_argument("--limit", type=int, default=0, help="first N images only, for smoke tests (default: all)")

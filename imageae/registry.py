@@ -86,7 +86,7 @@ MODELS = {
             "VAE for 64x64 faces (trained on CelebA, non-commercial licence), latent 128, mixture sampler",
         ),
         ModelEntry(
-            "codec-v2",
+            "codec-v3",
             "compress",
             "both",
             "learned image codec, experimental: undertrained, files 10 % smaller than JPEG's but 40 % larger "

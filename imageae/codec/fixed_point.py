@@ -38,7 +38,7 @@ import math
 import numpy as np
 
 ACTIVATION_BITS = 15  # fractional bits of the integer activations
-ACTIVATION_RANGE_BITS = 8  # activations clamped to +-256 (real units; codec-v2's stay below 10 on photos)
+ACTIVATION_RANGE_BITS = 8  # activations clamped to +-256 (real units; codec-v2's stayed below 10 on photos)
 GAIN_BITS = 14  # fractional bits of the inverse hyper gains
 Z_RANGE = 2**10  # hyper-latent symbols clamped to +-1024 (real ones stay within a few dozen)
 MAX_WEIGHT_BITS = 30
