@@ -567,7 +567,8 @@ def _cmd_train_codec(args):
         raise ValueError(f"--patch-size must be a multiple of 64 (the codec's stride), got {args.patch_size}")
     config = CodecTrainConfig(
         data=args.data, output=args.output, lambdas=lambdas, num_filters=args.filters, num_latent=args.latent,
-        quantization=args.quantization, init=args.init or "", patch_size=args.patch_size, batch_size=args.batch_size, steps=args.steps,
+        quantization=args.quantization, init=args.init or "", patch_size=args.patch_size,
+        batch_size=args.batch_size, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
         patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
         precision=args.precision, workers=args.workers, max_seconds=60.0 * args.max_minutes,

@@ -693,7 +693,7 @@ def train_codec(config, *, progress=True):
     ``min_learning_rate`` over ``steps``. Returns the path of the written model.
     """
     from imageae.codec.session import freeze_coding_tables
-    from imageae.models.codec import build_codec, with_lambdas
+    from imageae.models.codec import QUANTIZATIONS, build_codec, with_lambdas
     from imageae.runtime import set_precision
 
     policy = set_precision(config.precision)
@@ -783,11 +783,7 @@ def train_codec(config, *, progress=True):
             "batch_size": config.batch_size,
             "patch_size": config.patch_size,
             "augmentation": "random crops, random horizontal flips",
-            "quantization_proxy": {
-                "mixed": "rate: additive uniform noise U(-0.5, 0.5) on y and z; g_s and h_s: rounded y - means "
-                         "and z, straight-through gradients (Minnen & Singh 2020)",
-                "noise": "additive uniform noise U(-0.5, 0.5) on y and z",
-            }[model.quantization],
+            "quantization_proxy": QUANTIZATIONS[model.quantization],
             "precision_policy": policy,
             "wall_time_seconds": round(wall + previous_wall, 1),
             "config": _plain(dataclasses.asdict(config)),

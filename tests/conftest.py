@@ -41,8 +41,9 @@ def random_weight_models_dir(tmp_path_factory):
     """A models folder holding RANDOM-WEIGHT STAND-INS for the shipped models.
 
     ``denoise-grey.keras`` and ``denoise-colour.keras`` here are untrained tiny U-Nets: they
-    do not denoise; ``codec-v3.keras`` is an untrained tiny two-quality codec. They exist only so that the registry, API, folder pipeline and CLI can be
-    tested without the real weights. Quality tests belong with the shipped models.
+    do not denoise; ``codec-v3.keras`` is an untrained tiny two-quality codec. They exist only
+    so that the registry, API, folder pipeline and CLI can be tested without the real weights.
+    Quality tests belong with the shipped models.
     """
     import json
 

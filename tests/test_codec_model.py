@@ -25,7 +25,7 @@ from imageae.models.codec import (
     gaussian_pmf_tables,
     lambda_for_quality,
 )
-from imageae.runtime import with_precision
+from imageae.runtime import rebuilt, with_precision
 
 TINY = {"num_filters": 8, "num_latent": 12}
 
@@ -278,9 +278,7 @@ def test_mixed_quantization_trains_the_synthesis_on_what_decoding_gives_it(mean_
     x = images(2, seed=2)
     mixed = tiny_codec(mean_scale=mean_scale, init_seed=1, lambdas=(0.0035, 0.013), quantization="mixed")
     widen_latents(mixed, 10.0)
-    noise = HyperpriorCodec.from_config({**mixed.get_config(), "quantization": "noise"})
-    noise.build((None, None, None, 3))
-    noise.set_weights(mixed.get_weights())
+    noise = rebuilt(mixed, "float32", quantization="noise")
     inference = np.asarray(mixed(x, quality=2)["x_hat"])
     trained_mixed = mixed(x, training=True, quality=2)
     np.testing.assert_allclose(np.asarray(trained_mixed["x_hat"]), inference, atol=1e-6)

@@ -299,11 +299,14 @@ def analyze_image(session, image, quality=None):
     return _analyze(session, image, session.check_quality(quality))
 
 
+def _model_pixels(session, image):
+    """The uint8 (H, W, C) image with the model's channels: grey replicated for an RGB model."""
+    return image if image.shape[-1] == session.channels else np.repeat(image, session.channels, axis=-1)
+
+
 def _model_input(session, image):
     """Float32 (1, H_pad, W_pad, model channels) on 0..1, grey replicated for an RGB model."""
-    if image.shape[-1] != session.channels:
-        image = np.repeat(image, session.channels, axis=-1)
-    x = pad_to_multiple(image, session.stride).astype(np.float32) / np.float32(255.0)
+    x = pad_to_multiple(_model_pixels(session, image), session.stride).astype(np.float32) / np.float32(255.0)
     return x[None]
 
 
@@ -341,8 +344,8 @@ def analysis_graph(model):
 def _analyze(session, image, quality):
     model = session.model
     if max(image.shape[:2]) <= session.tile:  # one graph call, the export's
-        pixels = image if image.shape[-1] == session.channels else np.repeat(image, session.channels, axis=-1)
-        y, z = (np.asarray(t, np.float32) for t in session.analysis(pixels[None], np.int32(quality)))
+        pixels = _model_pixels(session, image)[None]
+        y, z = (np.asarray(t, np.float32) for t in session.analysis(pixels, np.int32(quality)))
     else:
         y = _tiled(lambda x: model.analyze(x, quality), _model_input(session, image), session.tile,
                    TILE_MARGIN, 1.0 / session.y_factor)

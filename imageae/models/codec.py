@@ -64,7 +64,11 @@ QUALITY_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.180
 SCALE_BOUND = 0.11  # the smallest scale of the Gaussian conditional (Balle 2018, CompressAI)
 LIKELIHOOD_BOUND = 1e-9  # no symbol costs more than log2(1e9) ~ 30 bits
 DISTORTIONS = ("mse",)
-QUANTIZATIONS = ("noise", "mixed")
+QUANTIZATIONS = {  # what training feeds g_s and h_s in place of rounding, and its description
+    "noise": "additive uniform noise U(-0.5, 0.5) on y and z",
+    "mixed": "rate: additive uniform noise U(-0.5, 0.5) on y and z; g_s and h_s: rounded y - means and z, "
+             "straight-through gradients (Minnen & Singh 2020)",
+}
 Z_TABLE_SUPPORT = 256  # integers per hyper-latent coding table (values outside are escape-coded)
 
 PmfTables = collections.namedtuple("PmfTables", ["pmf", "offsets", "lengths"])
@@ -339,7 +343,7 @@ class HyperpriorCodec(keras.Model):
         if distortion not in DISTORTIONS:
             raise ValueError(f"distortion must be one of {DISTORTIONS}, got {distortion!r}")
         if quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+            raise ValueError(f"quantization must be one of {tuple(QUANTIZATIONS)}, got {quantization!r}")
         if isinstance(lambdas, (int, float)):
             lambdas = (lambdas,)
         lambdas = tuple(float(v) for v in lambdas)
