@@ -8,6 +8,8 @@ against the uint8 original, encode and decode time. Published Kodak24 numbers
 
     python benchmarks/compress.py                          # the shipped codec (every quality) and the baselines
     python benchmarks/compress.py --model my-codec.keras   # a codec of your own (all its qualities)
+    python benchmarks/compress.py --model codec-v3 new.keras   # two codecs, one curve each, BD-rate between them
+    python benchmarks/compress.py --model a.keras b.keras --one-curve   # single-rate models: one curve
     python benchmarks/compress.py --model none             # baselines only
     python benchmarks/compress.py --limit 3                # smoke test
 
@@ -16,6 +18,10 @@ at the mean over images of the per-image bpp and the mean of the per-image PSNR 
 mean MSE is reported too); MS-SSIM is averaged over images and then written in dB as
 -10 log10(1 - MS-SSIM). BD-rate: :func:`imageae.metrics.bd_rate`, the cubic fit of
 Bjontegaard 2001 over the shared quality interval.
+
+Each model given to ``--model`` is its own curve, "imageae NAME", with BD-rates against every
+baseline and against the models listed before it; ``--one-curve`` joins them into one "imageae"
+curve instead (single-rate models, one lambda each, that together make one curve).
 
 Outputs: a table on stdout and ``compress.md``, ``compress.json`` (every per-image number) and
 ``compress.png`` (bpp against PSNR and against MS-SSIM dB) under ``--out``. Without ``--model``
@@ -50,6 +56,7 @@ WEBP_QUALITIES = (0, 2, 5, 10, 20, 30, 40, 50, 60, 70, 80)
 JP2_BPP = (0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.7, 0.9, 1.2, 1.5)  # target rates; the files decide the real bpp
 RATE_POINTS = (0.25, 0.5, 1.0)  # bpp at which every curve's PSNR is read off (interpolated)
 BASELINES = ("JPEG", "WebP", "JPEG 2000")
+IMAGEAE = "imageae"  # the curve name with --one-curve; each model's curve is "imageae NAME" otherwise
 
 # Published / measured elsewhere, on Kodak24 (768x512), from shared/ANCHORS.md. Not measured here,
 # and on other images: compare the ordering and the BD-rates, not the dB.
@@ -179,17 +186,28 @@ def measure_baseline(codec, settings, paths, images, use_ms_ssim, bar):
     return records
 
 
-def load_codecs(specs):
-    """[(name, quality, session, lmbda)]: every quality of every codec in ``specs`` (registered names
-    or .keras files), sorted by lmbda; names as the session writes them into files."""
+def is_imageae(codec):
+    return codec == IMAGEAE or codec.startswith(IMAGEAE + " ")
+
+
+def load_codecs(specs, one_curve=False):
+    """[(curve, name, quality, session, lmbda)]: every quality of every codec in ``specs`` (registered
+    names or .keras files); names as the session writes them into files. Each model is its own
+    curve ("imageae NAME") unless ``one_curve``; two models of the same name are refused, since
+    their curves and their files could not be told apart."""
     from imageae.api import codec_session
 
-    settings = []
+    settings, names = [], {}
     for spec in specs:
         session = codec_session(spec)
+        if session.name in names:
+            raise ValueError(f"--model {names[session.name]!r} and {spec!r} are both named {session.name!r} "
+                             "(a .keras file is named after its file name): rename one of the files")
+        names[session.name] = spec
+        curve_name = IMAGEAE if one_curve else f"{IMAGEAE} {session.name}"
         for quality in range(1, session.num_qualities + 1):
-            settings.append((session.name, quality, session, session.model.lambdas[quality - 1]))
-    return sorted(settings, key=lambda entry: (entry[3], entry[0]))
+            settings.append((curve_name, session.name, quality, session, session.model.lambdas[quality - 1]))
+    return settings
 
 
 def measure_imageae(codecs, paths, images, use_ms_ssim, bar):
@@ -197,7 +215,7 @@ def measure_imageae(codecs, paths, images, use_ms_ssim, bar):
     from imageae.codec import compress_array, decompress_bytes, estimate_bits, make_session_lookup
 
     records, checks = [], []
-    for name, quality, session, lmbda in codecs:
+    for curve_name, name, quality, session, lmbda in codecs:
         lookup = make_session_lookup(session)
         label = f"{name} q{quality}"
         seen = set()
@@ -211,7 +229,7 @@ def measure_imageae(codecs, paths, images, use_ms_ssim, bar):
                 data = compress_array(session, clean, quality)
             with Timer() as td:
                 decoded = decompress_bytes(lookup, data)
-            row = record("imageae", label, quality, i, path, clean, data, decoded, te.seconds, td.seconds, use_ms_ssim)
+            row = record(curve_name, label, quality, i, path, clean, data, decoded, te.seconds, td.seconds, use_ms_ssim)
             estimate = estimate_bits(session, clean, quality)
             real = 8 * len(data)
             row.update(
@@ -271,7 +289,7 @@ def summarise(records):
                 "encode_s_per_mpixel": sum(r["encode_s"] for r in chosen) / pixels,
                 "decode_s_per_mpixel": sum(r["decode_s"] for r in chosen) / pixels,
             }
-            if codec == "imageae":
+            if is_imageae(codec):
                 for key in ("model_estimate_gap_pct", "table_estimate_gap_pct"):
                     row[key] = float(np.mean([r[key] for r in chosen]))
             rows.append(row)
@@ -295,15 +313,15 @@ def value_at(points, codec, bpp, key="psnr"):
 
 
 def bd_rates(points):
-    """BD-rates (three quality measures) of each baseline against those listed before it (JPEG first) and of
-    imageae against every baseline."""
+    """BD-rates (three quality measures) of each baseline against those listed before it (JPEG first), and of
+    each imageae curve against every baseline and the imageae curves listed before it."""
     from imageae.metrics import bd_rate
 
     codecs = list(dict.fromkeys(p["codec"] for p in points))
-    baselines = [codec for codec in codecs if codec != "imageae"]
+    baselines = [codec for codec in codecs if not is_imageae(codec)]
+    ours = [codec for codec in codecs if is_imageae(codec)]
     pairs = [(anchor, test) for i, test in enumerate(baselines) for anchor in baselines[:i]]
-    if "imageae" in codecs:
-        pairs += [(anchor, "imageae") for anchor in codecs if anchor != "imageae"]
+    pairs += [(anchor, test) for i, test in enumerate(ours) for anchor in baselines + ours[:i]]
     out = []
     for anchor, test in pairs:
         row = {"anchor": anchor, "test": test}
@@ -353,10 +371,10 @@ def fmt_bd(value):
 
 
 def codec_label(codec, result):
-    """A curve's name: the baseline's, or "imageae" and the codec model(s) measured."""
-    if codec != "imageae":
+    """A curve's name: the baseline's, "imageae NAME", or with --one-curve "imageae" and the models in it."""
+    if codec != IMAGEAE:
         return codec
-    return "imageae " + ", ".join(dict.fromkeys(m["name"] for m in result["config"]["models"]))
+    return f"{IMAGEAE} " + ", ".join(dict.fromkeys(m["name"] for m in result["config"]["models"]))
 
 
 def markdown(result):
@@ -460,7 +478,7 @@ def markdown(result):
                 "integer tables) + overhead, which the file should match to a few 32-bit words.", "",
                 "| model | bpp | model-estimate gap | table-estimate gap |", "|---|---|---|---|"]
         for p in points:
-            if p["codec"] == "imageae":
+            if is_imageae(p["codec"]):
                 out.append(f"| {p['setting']} | {p['bpp']:.4f} | {p['model_estimate_gap_pct']:+.2f} % | "
                            f"{p['table_estimate_gap_pct']:+.3f} % |")
         out += ["", "Determinism (first image of each model: re-encode gives the same bytes, re-decode the same "
@@ -498,7 +516,9 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     points = result["points"]
-    styles = {"JPEG": ("C1", "o"), "WebP": ("C2", "s"), "JPEG 2000": ("C3", "^"), "imageae": ("C0", "D")}
+    styles = {"JPEG": ("C1", "o"), "WebP": ("C2", "s"), "JPEG 2000": ("C3", "^")}
+    ours = [codec for codec in dict.fromkeys(p["codec"] for p in points) if is_imageae(codec)]
+    styles |= {codec: (colour, "D") for codec, colour in zip(ours, ("C0", "C4", "C5", "C6", "C9"))}
     panels = [("psnr", "PSNR over RGB (dB)")]
     if any(p["ms_ssim_db"] is not None for p in points):
         panels.append(("ms_ssim_db", "MS-SSIM (dB), -10 log10(1 - MS-SSIM)"))
@@ -506,7 +526,7 @@ def plot(result, path):
     for ax, (key, label) in zip(axes[0], panels):
         for codec in dict.fromkeys(p["codec"] for p in points):
             rates, values = curve(points, codec, key)
-            colour, marker = styles.get(codec, ("C4", "x"))
+            colour, marker = styles.get(codec, ("C7", "x"))
             ax.plot(rates, values, "-", marker=marker, color=colour, markersize=4, label=codec_label(codec, result))
         ax.set_xlabel("bits per pixel (real file size)")
         ax.set_ylabel(label)
@@ -529,12 +549,13 @@ def print_table(result):
     points = result["points"]
     bd = {(r["anchor"], r["test"]): r.get("psnr") for r in result["bd_rate"]}
     speed = {s["codec"]: s for s in result["speed"]}
-    head = f"{'codec':<22}" + "".join(f"{f'PSNR@{b:g}':>11}" for b in RATE_POINTS) + f"{'BD vs JPEG':>12}" \
+    width = max([22] + [len(codec_label(p["codec"], result)) + 2 for p in points])
+    head = f"{'codec':<{width}}" + "".join(f"{f'PSNR@{b:g}':>11}" for b in RATE_POINTS) + f"{'BD vs JPEG':>12}" \
         + f"{'enc s/Mpx':>11}{'dec s/Mpx':>11}"
     lines = ["baselines only (no --model given)" if result["baselines_only"] else "", head, "-" * len(head)]
     for codec in dict.fromkeys(p["codec"] for p in points):
         value = 0.0 if codec == "JPEG" else bd.get(("JPEG", codec))
-        lines.append(f"{codec_label(codec, result):<22}"
+        lines.append(f"{codec_label(codec, result):<{width}}"
                      + "".join(f"{fmt(value_at(points, codec, b)):>11}" for b in RATE_POINTS)
                      + f"{fmt_bd(value):>12}" + f"{speed[codec]['encode_s_per_mpixel']:>11.3f}"
                      + f"{speed[codec]['decode_s_per_mpixel']:>11.3f}")
@@ -577,8 +598,11 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="--model none measures the baselines only.")
     p.add_argument("--model", nargs="+", default=["codec-v3"], metavar="PATH_OR_NAME",
-                   help="codecs (every quality of each): registered names or .keras files; 'none' for the "
-                        "baselines only (default: codec-v3)")
+                   help="codecs (every quality of each, one curve each): registered names or .keras files; "
+                        "'none' for the baselines only (default: codec-v3)")
+    p.add_argument("--one-curve", action="store_true",
+                   help="draw all --model codecs as one 'imageae' curve (single-rate models that together make "
+                        "a curve) instead of one curve per model")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help=f"folder of test images, read as RGB (default: {DEFAULT_DATA})")
     p.add_argument("--limit", type=int, default=0, help="first N images only, for smoke tests (default: all)")
@@ -613,7 +637,7 @@ def main(argv=None):
     codecs = []
     if args.model != ["none"]:
         try:
-            codecs = load_codecs(args.model)
+            codecs = load_codecs(args.model, args.one_curve)
         except (ValueError, FileNotFoundError) as error:
             parser.error(f"{error}. Pass codec names from 'imageae models' or .keras files of HyperpriorCodec models")
     else:
@@ -689,15 +713,15 @@ def main(argv=None):
         "config": {
             "data": str(args.data), "images": len(images), "limit": args.limit, "sizes": sizes,
             "megapixels": sum(x.shape[0] * x.shape[1] for x in images) / 1e6,
-            "codecs": list(baselines) + (["imageae"] if codecs else []),
+            "codecs": list(baselines) + list(dict.fromkeys(curve_name for curve_name, *_ in codecs)),
             "skipped_codecs": [name for key, name in (("jpeg", "JPEG"), ("webp", "WebP"), ("jp2", "JPEG 2000"))
                                if key not in args.codecs],
             "jp2_skipped": jp2_skipped,
             "settings": {codec: [value for _, value, _ in settings] for codec, settings in baselines.items()},
             "ms_ssim": use_ms_ssim, "ms_ssim_why": ms_ssim_why,
-            "models": [{"spec": name, "name": name, "quality": quality, "lmbda": lmbda,
+            "models": [{"curve": curve_name, "name": name, "quality": quality, "lmbda": lmbda,
                         "parameters": int(session.model.count_params()), "session_policy": "float32"}
-                       for name, quality, session, lmbda in codecs],
+                       for curve_name, name, quality, session, lmbda in codecs],
         },
         "protocol": {
             "rate": "bytes * 8 / (H * W) of the original, real encoded sizes",

@@ -55,13 +55,17 @@ def main():
         if not result["baselines_only"]:
             source = {"command": result["command"], "date": result["date"],
                       "commit": result["environment"]["git_commit"]}
-            for name in {m["name"] for m in result["config"]["models"]}:
+            baselines = set(result["config"]["settings"])
+            for name, curve in {m["name"]: m["curve"] for m in result["config"]["models"]}.items():
+                if not (MODELS / f"{name}.json").exists():
+                    print(f"{name}: no card in saved_models/ (a .keras file given to --model), left alone")
+                    continue
                 card = json.loads((MODELS / f"{name}.json").read_text())
                 points = [{k: round(p[k], 4) for k in ("bpp", "psnr", "ms_ssim", "model_estimate_gap_pct")}
                           | {"quality": p["value"]}
-                          for p in result["points"] if p["codec"] == "imageae" and p["setting"].startswith(name + " ")]
+                          for p in result["points"] if p["codec"] == curve and p["setting"].startswith(name + " ")]
                 bd = {f"vs {row['anchor']}": None if row["psnr"] is None else round(row["psnr"], 1)
-                      for row in result["bd_rate"] if row["test"] == "imageae"}
+                      for row in result["bd_rate"] if row["test"] == curve and row["anchor"] in baselines}
                 update(name, {**card.get("metrics", {}), "benchmark": {
                     "data": result["config"]["data"], "images": result["config"]["images"], "points": points,
                     "bd_rate_psnr_pct": bd, "source": source}})

@@ -178,3 +178,58 @@ def test_cli_compress_usage_errors(codec_file, tmp_path):
     assert code == 2 and "not allowed with" in err
     code, _, err = run_cli("compress", tmp_path / "a.png", "-o", tmp_path / "o", "--model", "no-such-codec")
     assert code == 2 and "unknown model 'no-such-codec'" in err
+
+
+def _benchmark_module():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    benchmarks = str(Path(__file__).resolve().parent.parent / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    return importlib.import_module("compress")
+
+
+def test_compress_benchmark_draws_one_curve_per_model_and_compares_them(codec_file, tmp_path):
+    """benchmarks/compress.py on two copies of one codec: a curve each, BD-rates against JPEG and
+    between the two (identical weights, names of one length in the files: 0 %); --one-curve joins
+    them; two models of one name are refused."""
+    import shutil
+
+    compress = _benchmark_module()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray(smooth_image(64, 96, seed=40 + i)).save(photos / f"p{i}.png")
+    first, second = tmp_path / "one.keras", tmp_path / "two.keras"
+    shutil.copy(codec_file, first)
+    shutil.copy(codec_file, second)
+    common = ["--data", str(photos), "--codecs", "jpeg", "--jpeg-qualities", "5,30,60,90", "--skip-ms-ssim"]
+
+    assert compress.main(["--model", str(first), str(second), *common, "--out", str(tmp_path / "each")]) == 0
+    result = json.loads((tmp_path / "each" / "compress.json").read_text())
+    assert result["config"]["codecs"] == ["JPEG", "imageae one", "imageae two"]
+    curves = {}
+    for p in result["points"]:
+        curves.setdefault(p["codec"], []).append((p["setting"].split()[-1], p["bpp"], p["psnr"]))
+    assert [q for q, *_ in curves["imageae one"]] == ["q1", "q2"]
+    assert curves["imageae one"] == curves["imageae two"]
+    pairs = {(r["anchor"], r["test"]): r for r in result["bd_rate"]}
+    assert set(pairs) == {("JPEG", "imageae one"), ("JPEG", "imageae two"), ("imageae one", "imageae two")}
+    assert pairs[("imageae one", "imageae two")]["psnr"] == pytest.approx(0.0, abs=1e-9)
+    assert "| imageae two |" in (tmp_path / "each" / "compress.md").read_text()
+
+    assert compress.main(["--model", str(first), str(second), "--one-curve", *common,
+                          "--out", str(tmp_path / "one")]) == 0
+    result = json.loads((tmp_path / "one" / "compress.json").read_text())
+    assert result["config"]["codecs"] == ["JPEG", "imageae"]
+    assert sum(p["codec"] == "imageae" for p in result["points"]) == 4
+    assert {(r["anchor"], r["test"]) for r in result["bd_rate"]} == {("JPEG", "imageae")}
+
+    (tmp_path / "other").mkdir()
+    shutil.copy(codec_file, tmp_path / "other" / "one.keras")
+    with pytest.raises(SystemExit) as exit_info:
+        compress.main(["--model", str(first), str(tmp_path / "other" / "one.keras"), *common,
+                       "--out", str(tmp_path / "clash")])
+    assert exit_info.value.code == 2
