@@ -273,6 +273,8 @@ def build_parser():
     t.add_argument("--sigma-min", type=float, default=0.0, help="smallest training noise sigma, 0..255 scale (default: 0)")
     t.add_argument("--sigma-max", type=float, default=55.0, help="largest training noise sigma (default: 55)")
     t.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up steps (default: 200)")
+    t.add_argument("--min-learning-rate", type=float, default=1e-6,
+                   help="where the cosine decay ends (default: 1e-6)")
     t.add_argument("--patience", type=_positive_int, default=10, help="early-stopping patience in epochs (default: 10)")
     t.add_argument("--workers", type=_positive_int, default=1, help="threads cutting patches (default: 1)")
     _add_training_flags(t, "checkpoints, CSV history and TensorBoard logs")
@@ -322,6 +324,8 @@ def build_parser():
     t.add_argument("--patch-size", type=_positive_int, default=256, help="crop side, a multiple of 64 (default: 256)")
     t.add_argument("--learning-rate", type=float, default=1e-4, help="peak Adam learning rate (default: 1e-4)")
     t.add_argument("--warmup-steps", type=int, default=500, help="linear learning-rate warm-up steps (default: 500)")
+    t.add_argument("--min-learning-rate", type=float, default=1e-6,
+                   help="where the cosine decay ends (default: 1e-6)")
     t.add_argument("--patience", type=_positive_int, default=12, help="early-stopping patience in epochs (default: 12)")
     t.add_argument("--workers", type=_positive_int, default=1, help="threads cutting crops (default: 1)")
     _add_training_flags(t, "checkpoints, CSV history and TensorBoard logs")
@@ -335,6 +339,15 @@ def build_parser():
     t.add_argument("--epochs", type=_positive_int, default=8, help="epochs (default: 8)")
     t.add_argument("--validation", type=_positive_int, default=2000, help="last N images held out (default: 2000)")
     return parser
+
+
+def _check_learning_rates(args):
+    """The cosine schedule runs from --learning-rate down to --min-learning-rate."""
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be positive, got {args.learning_rate:g}")
+    if not 0 <= args.min_learning_rate <= args.learning_rate:
+        raise ValueError(f"--min-learning-rate must be between 0 and --learning-rate ({args.learning_rate:g}), "
+                         f"got {args.min_learning_rate:g}")
 
 
 def _version():
@@ -494,13 +507,15 @@ def _cmd_train(args):
         filters = tuple(int(f) for f in args.filters.split(","))
     except ValueError:
         raise ValueError(f"--filters must be comma-separated integers, got {args.filters!r}") from None
+    _check_learning_rates(args)
     config = DenoiserTrainConfig(
         data=args.data, output=args.output, channels=args.channels, init=args.init or "", filters=filters,
         blocks_per_level=args.blocks_per_level, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, patch_size=args.patch_size, learning_rate=args.learning_rate,
         sigma_min=args.sigma_min, sigma_max=args.sigma_max, patience_epochs=args.patience,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed, precision=args.precision,
-        warmup_steps=args.warmup_steps, workers=args.workers, max_seconds=60.0 * args.max_minutes,
+        warmup_steps=args.warmup_steps, min_learning_rate=args.min_learning_rate, workers=args.workers,
+        max_seconds=60.0 * args.max_minutes,
     )
     path = train_denoiser(config, progress=sys.stdout.isatty())
     print(f"wrote {path} and its model card {path.with_suffix('.json')}")
@@ -565,12 +580,13 @@ def _cmd_train_codec(args):
         raise ValueError(f"--lambdas must be comma-separated numbers, got {args.lambdas!r}") from None
     if args.patch_size % 64:
         raise ValueError(f"--patch-size must be a multiple of 64 (the codec's stride), got {args.patch_size}")
+    _check_learning_rates(args)
     config = CodecTrainConfig(
         data=args.data, output=args.output, lambdas=lambdas, num_filters=args.filters, num_latent=args.latent,
         quantization=args.quantization, init=args.init or "", patch_size=args.patch_size,
         batch_size=args.batch_size, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-        patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+        min_learning_rate=args.min_learning_rate, patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
         precision=args.precision, workers=args.workers, max_seconds=60.0 * args.max_minutes,
     )
     path = train_codec(config, progress=sys.stdout.isatty())

@@ -30,7 +30,7 @@ def codec_file(tmp_path_factory):
     code, out, err = run_cli(
         "train", "codec", "--data", photos, "-o", model, "--filters", "8", "--latent", "12", "--lambdas",
         "0.004,0.04", "--steps", "20", "--steps-per-epoch", "10", "--patch-size", "64", "--batch-size", "4",
-        "--warmup-steps", "5", "--checkpoint-dir", root / "ck", "--precision", "float32",
+        "--warmup-steps", "5", "--min-learning-rate", "2e-6", "--checkpoint-dir", root / "ck", "--precision", "float32",
     )
     assert code == 0, err
     return model
@@ -43,6 +43,7 @@ def test_train_codec_writes_a_card_with_every_quality(codec_file):
     assert len(rates) == 2 and rates[0] < rates[1]
     assert card["training"]["steps"] == 20 and codec_file.with_suffix(".curve.png").exists()
     assert card["training"]["config"]["quantization"] == "mixed"  # the default
+    assert card["training"]["config"]["min_learning_rate"] == 2e-6
     assert "straight-through" in card["training"]["quantization_proxy"]
 
 
@@ -84,6 +85,17 @@ def test_train_codec_init_keeps_the_models_qualities_or_adds_new_ones(codec_file
 def test_train_codec_refuses_a_patch_size_off_the_stride(tmp_path):
     code, _, err = run_cli("train", "codec", "--data", tmp_path, "-o", tmp_path / "m.keras", "--patch-size", "100")
     assert code == 2 and "multiple of 64" in err
+
+
+@pytest.mark.parametrize("job", ["codec", "denoiser"])
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--learning-rate", "0"), "--learning-rate must be positive"),
+    (("--learning-rate", "1e-4", "--min-learning-rate", "2e-4"), "--min-learning-rate must be between 0 and"),
+    (("--min-learning-rate=-1e-6",), "--min-learning-rate must be between 0 and"),
+])
+def test_train_refuses_learning_rates_the_schedule_cannot_run(tmp_path, job, flags, message):
+    code, _, err = run_cli("train", job, "--data", tmp_path, "-o", tmp_path / "m.keras", *flags)
+    assert code == 2 and message in err
 
 
 @pytest.mark.parametrize("shape", [(37, 51, 3), (64, 64, 3), (50, 70)], ids=["odd-rgb", "stride-rgb", "grey-2d"])
