@@ -8,7 +8,7 @@ against the uint8 original, encode and decode time. Published Kodak24 numbers
 
     python benchmarks/compress.py                          # the shipped codec (every quality) and the baselines
     python benchmarks/compress.py --model my-codec.keras   # a codec of your own (all its qualities)
-    python benchmarks/compress.py --model codec-v3 new.keras   # two codecs, one curve each, BD-rate between them
+    python benchmarks/compress.py --model codec-v4 new.keras   # two codecs, one curve each, BD-rate between them
     python benchmarks/compress.py --model a.keras b.keras --one-curve   # single-rate models: one curve
     python benchmarks/compress.py --model none             # baselines only
     python benchmarks/compress.py --limit 3                # smoke test
@@ -597,9 +597,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="--model none measures the baselines only.")
-    p.add_argument("--model", nargs="+", default=["codec-v3"], metavar="PATH_OR_NAME",
+    p.add_argument("--model", nargs="+", default=["codec-v4"], metavar="PATH_OR_NAME",
                    help="codecs (every quality of each, one curve each): registered names or .keras files; "
-                        "'none' for the baselines only (default: codec-v3)")
+                        "'none' for the baselines only (default: codec-v4)")
     p.add_argument("--one-curve", action="store_true",
                    help="draw all --model codecs as one 'imageae' curve (single-rate models that together make "
                         "a curve) instead of one curve per model")

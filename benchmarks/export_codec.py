@@ -1,6 +1,6 @@
 """The codec's SavedModel against the Python API on whole photos: are the latents identical?
 
-    python benchmarks/export_codec.py [--model codec-v3] [--data DIR] [--limit 8] [--qualities 1 5 9]
+    python benchmarks/export_codec.py [--model codec-v4] [--data DIR] [--limit 8] [--qualities 1 5 9]
 
 Exports the model (`imageae.export_saved_model`), loads it with `tf.saved_model.load`, and for
 every photo and quality compares the `analysis` signature's z symbols, y symbols and scale
@@ -27,7 +27,7 @@ from common import Timer, git_commit
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="codec-v3", help="a registered codec or a .keras path (default: codec-v3)")
+    p.add_argument("--model", default="codec-v4", help="a registered codec or a .keras path (default: codec-v4)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of photos (default: BSDS500 val)")
     p.add_argument("--limit", type=int, default=8, help="photos, in name order (default: 8)")
     p.add_argument("--qualities", type=int, nargs="+", default=[1, 5, 9], help="qualities (default: 1 5 9)")

@@ -357,7 +357,7 @@ def interpolate(image_a, image_b, *, steps=8, model="vae-digits"):
 
 # ---------------------------------------------------------------------------------- compress
 
-DEFAULT_CODEC = "codec-v3"
+DEFAULT_CODEC = "codec-v4"
 IAE_EXTENSION = ".iae"
 _sessions = {}
 
@@ -404,13 +404,13 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
         Grey or RGB, any size. Alpha and 16-bit images are refused (ValueError), not reduced.
     quality : int
         1 (smallest files) to the model's number of qualities (``imageae models`` lists
-        them); default two thirds up the range (6 of 9 for codec-v3) when ``target_bpp`` is not
+        them); default two thirds up the range (6 of 9 for codec-v4) when ``target_bpp`` is not
         given either.
     target_bpp : float
         Instead of ``quality``: the highest quality whose file stays within this many bits
         per pixel (quality 1 when even that is larger), found by encoding.
     model : str
-        A registered codec (default "codec-v3") or the path of a .keras codec.
+        A registered codec (default "codec-v4") or the path of a .keras codec.
 
     Returns
     -------
@@ -428,7 +428,7 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
 
 
 def default_quality(session):
-    """The quality used when none is asked for: two thirds up the model's range (codec-v3:
+    """The quality used when none is asked for: two thirds up the model's range (codec-v4:
     6 of 9, about 0.7 bits per pixel on photos; a single-rate model: its only one)."""
     return max(1, round(session.num_qualities * 2 / 3))
 

@@ -48,9 +48,9 @@ examples:
   imageae decompress packed/ -o restored/             back to PNG (lossless, so nothing more is lost)
 
 Each image becomes one .iae file (format: docs/iae-format.md) holding the model name and
-quality, the image size and grey/colour mode: decompress needs nothing else. With codec-v3,
+quality, the image size and grey/colour mode: decompress needs nothing else. With codec-v4,
 quality 1 gives the smallest files (about 0.09 bits per pixel on photos), 9 the best pictures
-(about 1.5). codec-v3 is experimental: its files are about 16 % smaller than JPEG's at equal
+(about 1.5). codec-v4 is experimental: its files are about 16 % smaller than JPEG's at equal
 PSNR, but 30 % larger than WebP's.
 Grey and colour images of any size are coded; alpha channels and 16-bit images are refused
 by name (keep those as PNG). Existing outputs are skipped unless --overwrite.
@@ -60,7 +60,7 @@ _EPILOG_TRAIN_CODEC = """\
 examples:
   imageae train codec --data ../shared/datasets/photos/BSDS500/train ../shared/datasets/photos/BSDS500/test \\
       -o codec.keras --checkpoint-dir ~/ckpt/codec
-  imageae train codec --data my_photos/ --init codec-v3 --steps 5000 --learning-rate 2e-5 -o my-codec.keras
+  imageae train codec --data my_photos/ --init codec-v4 --steps 5000 --learning-rate 2e-5 -o my-codec.keras
       (fine-tune the shipped codec on your own images; compress with --model my-codec.keras)
 
 Random square crops (--patch-size) with random horizontal flips. One model learns every quality
@@ -184,11 +184,11 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree)")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--quality", type=_positive_int,
-                      help="1 (smallest) .. 9 (best) for codec-v3; 'imageae models' lists each codec's range "
-                           "(default: two thirds up the range, 6 for codec-v3)")
+                      help="1 (smallest) .. 9 (best) for codec-v4; 'imageae models' lists each codec's range "
+                           "(default: two thirds up the range, 6 for codec-v4)")
     rate.add_argument("--target-bpp", type=float, metavar="BPP",
                       help="instead of --quality: the best quality whose file stays within BPP bits per pixel")
-    p.add_argument("--model", default="codec-v3", help="a compress model from 'imageae models' or a .keras path")
+    p.add_argument("--model", default="codec-v4", help="a compress model from 'imageae models' or a .keras path")
     _add_folder_flags(p)
 
     p = commands.add_parser(
@@ -310,7 +310,7 @@ def build_parser():
     t.add_argument("--init", help="start from this codec (name or .keras path) to fine-tune it")
     t.add_argument("--lambdas",
                    help="rate-distortion trade-off of each quality, increasing (default: those of the --init "
-                        "model, else codec-v3's 0.00025,0.0005,0.001,0.0018,0.0035,0.0067,0.013,0.025,0.0483); "
+                        "model, else codec-v4's 0.00025,0.0005,0.001,0.0018,0.0035,0.0067,0.013,0.025,0.0483); "
                         "with --init, the model's lambdas plus new ones add qualities")
     t.add_argument("--quantization", choices=("mixed", "noise"), default="mixed",
                    help="what g_s and h_s see in training: 'mixed' rounds y - means and z as decoding will "

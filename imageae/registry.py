@@ -86,7 +86,7 @@ MODELS = {
             "VAE for 64x64 faces (trained on CelebA, non-commercial licence), latent 128, mixture sampler",
         ),
         ModelEntry(
-            "codec-v3",
+            "codec-v4",
             "compress",
             "both",
             "learned image codec, experimental: undertrained, files 16 % smaller than JPEG's but 30 % larger "

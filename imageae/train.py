@@ -623,7 +623,7 @@ class CodecTrainConfig:
     output: str
     # Rate-distortion trade-off of each quality, increasing (loss = bpp + lmbda * 255^2 * MSE on
     # 0..1 images); one value: a single-rate model. Empty: those of the --init model, else
-    # CODEC_LAMBDAS (codec-v3's nine: the published lambdas of qualities 1..6 and three below).
+    # CODEC_LAMBDAS (codec-v4's nine: the published lambdas of qualities 1..6 and three below).
     lambdas: tuple = ()
     num_filters: int = 128
     num_latent: int = 192

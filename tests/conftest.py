@@ -41,7 +41,7 @@ def random_weight_models_dir(tmp_path_factory):
     """A models folder holding RANDOM-WEIGHT STAND-INS for the shipped models.
 
     ``denoise-grey.keras`` and ``denoise-colour.keras`` here are untrained tiny U-Nets: they
-    do not denoise; ``codec-v3.keras`` is an untrained tiny two-quality codec. They exist only
+    do not denoise; ``codec-v4.keras`` is an untrained tiny two-quality codec. They exist only
     so that the registry, API, folder pipeline and CLI can be tested without the real weights.
     Quality tests belong with the shipped models.
     """
@@ -55,8 +55,8 @@ def random_weight_models_dir(tmp_path_factory):
     for name, channels, seed in (("denoise-grey", 1, 11), ("denoise-colour", 3, 12)):
         build_tiny_denoiser(channels, seed=seed).save(folder / f"{name}.keras")
     keras.utils.set_random_seed(13)  # an untrained two-quality codec under the shipped codec's name
-    build_codec(num_filters=8, num_latent=12, lambdas=(0.004, 0.04)).save(folder / "codec-v3.keras")
-    (folder / "codec-v3.json").write_text(json.dumps({"name": "codec-v3", "rate_distortion": {"qualities": 2}}))
+    build_codec(num_filters=8, num_latent=12, lambdas=(0.004, 0.04)).save(folder / "codec-v4.keras")
+    (folder / "codec-v4.json").write_text(json.dumps({"name": "codec-v4", "rate_distortion": {"qualities": 2}}))
     return folder
 
 

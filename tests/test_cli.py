@@ -270,7 +270,7 @@ def test_models_lists_every_registered_model():
     for name in ("denoise-grey", "denoise-colour"):
         [line] = [line for line in stdout.splitlines() if line.startswith(name + " ")]
         assert "[weights missing]" not in line  # the stand-ins are found through $IMAGEAE_MODELS
-    [line] = [line for line in stdout.splitlines() if line.startswith("codec-v3 ")]
+    [line] = [line for line in stdout.splitlines() if line.startswith("codec-v4 ")]
     assert "(--quality 1..2)" in line  # the stand-in codec's range, from its model card
 
 

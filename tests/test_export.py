@@ -115,7 +115,7 @@ def test_saved_model_cli_lists_named_signatures(random_weight_models, tmp_path):
     for name in ("signature_def['serving_default']", "inputs['images_bytes']", "outputs['denoised_bytes']",
                  "signature_def['denoise']", "inputs['images']", "outputs['denoised']"):
         assert name in shown.stdout
-    target = export_saved_model("codec-v3", tmp_path)  # the stand-in codec
+    target = export_saved_model("codec-v4", tmp_path)  # the stand-in codec
     shown = subprocess.run(["saved_model_cli", "show", "--all", "--dir", str(target)], capture_output=True, text=True)
     assert shown.returncode == 0
     for name in ("signature_def['analysis']", "inputs['quality']", "outputs['scale_indexes']",
@@ -271,4 +271,4 @@ def test_shipped_codec_export_serves_the_api_latents(shipped_models, tmp_path):
 
     image = read_image(DATA / "clean" / "coffee.png").pixels[:100, :150]
     for quality in (1, 4, 6):
-        _codec_round_trip_matches_the_api("codec-v3", tmp_path / str(quality), image, quality)
+        _codec_round_trip_matches_the_api("codec-v4", tmp_path / str(quality), image, quality)

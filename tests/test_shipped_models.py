@@ -83,7 +83,7 @@ def test_shipped_codec_spends_more_bits_for_better_pictures_at_every_quality():
     from imageae.codec import estimate_bits
 
     clean = read_image(DATA / "clean" / "coffee.png").pixels[:256, :320]
-    session = codec_session("codec-v3")
+    session = codec_session("codec-v4")
     rates, quality = [], []
     for q in range(1, session.num_qualities + 1):
         data = imageae.compress(clean, quality=q)

@@ -1,12 +1,12 @@
 """Compress and decompress through a codec served by TensorFlow Serving.
 
 The server runs the codec's transforms (the ``analysis``, ``scale_indexes``, ``synthesis``
-and ``z_tables`` signatures of ``imageae export codec-v3``, see :mod:`imageae.export`); this
+and ``z_tables`` signatures of ``imageae export codec-v4``, see :mod:`imageae.export`); this
 process does the entropy coding and writes the same ``.iae`` files as
 :func:`imageae.compress`, under the name the model is served by.
 
     from imageae.codec.serving import ServedCodec, rest_predictor
-    codec = ServedCodec(rest_predictor("http://localhost:8501", "codec-v3"), name="codec-v3")
+    codec = ServedCodec(rest_predictor("http://localhost:8501", "codec-v4"), name="codec-v4")
     data = codec.compress(pixels, quality=4)      # uint8 (H, W) or (H, W, 3) -> bytes
     pixels = codec.decompress(data)               # -> uint8 (H, W, 1) or (H, W, 3)
 
@@ -52,7 +52,7 @@ class ServedCodec:
     predict : callable
         ``predict(signature_name, inputs_dict) -> outputs_dict`` of numpy arrays.
     name : str
-        The model name written into files (use the registered name, e.g. "codec-v3", for
+        The model name written into files (use the registered name, e.g. "codec-v4", for
         files that :func:`imageae.decompress` should read).
     """
 

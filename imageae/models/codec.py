@@ -25,7 +25,7 @@ original recipe) they see the noisy ones too. Either way it minimises the rate-d
 
 with ``x`` on the 0..1 scale: the distortion is the MSE on the 0..255 scale, which is the
 convention of CompressAI and of the published lambdas, 0.0018 ... 0.18 for qualities 1 ... 8
-(:data:`QUALITY_LAMBDAS`; the shipped codec-v3 uses those of qualities 1...6 and three smaller
+(:data:`QUALITY_LAMBDAS`; the shipped codec-v4 uses those of qualities 1...6 and three smaller
 ones). bpp is the negative log2-likelihood of y and z per image pixel.
 
 The entropy models (the factorized prior of z, the Gaussian conditional of y), the
