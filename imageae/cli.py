@@ -50,8 +50,8 @@ examples:
 Each image becomes one .iae file (format: docs/iae-format.md) holding the model name and
 quality, the image size and grey/colour mode: decompress needs nothing else. With codec-v4,
 quality 1 gives the smallest files (about 0.09 bits per pixel on photos), 9 the best pictures
-(about 1.5). codec-v4 is experimental: its files are about 16 % smaller than JPEG's at equal
-PSNR, but 30 % larger than WebP's.
+(about 1.55). codec-v4 is experimental: its files are about 21 % smaller than JPEG's at equal
+PSNR, but 21 % larger than WebP's.
 Grey and colour images of any size are coded; alpha channels and 16-bit images are refused
 by name (keep those as PNG). Existing outputs are skipped unless --overwrite.
 """
