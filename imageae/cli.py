@@ -586,7 +586,8 @@ def _cmd_train_codec(args):
         quantization=args.quantization, init=args.init or "", patch_size=args.patch_size,
         batch_size=args.batch_size, steps=args.steps,
         steps_per_epoch=args.steps_per_epoch, learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-        min_learning_rate=args.min_learning_rate, patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+        min_learning_rate=args.min_learning_rate, patience_epochs=args.patience,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
         precision=args.precision, workers=args.workers, max_seconds=60.0 * args.max_minutes,
     )
     path = train_codec(config, progress=sys.stdout.isatty())

@@ -30,7 +30,8 @@ def codec_file(tmp_path_factory):
     code, out, err = run_cli(
         "train", "codec", "--data", photos, "-o", model, "--filters", "8", "--latent", "12", "--lambdas",
         "0.004,0.04", "--steps", "20", "--steps-per-epoch", "10", "--patch-size", "64", "--batch-size", "4",
-        "--warmup-steps", "5", "--min-learning-rate", "2e-6", "--checkpoint-dir", root / "ck", "--precision", "float32",
+        "--warmup-steps", "5", "--min-learning-rate", "2e-6", "--checkpoint-dir", root / "ck",
+        "--precision", "float32",
     )
     assert code == 0, err
     return model
