@@ -45,6 +45,8 @@ import numpy as np
 
 from common import Timer, git_commit  # noqa: E402
 
+from imageae.api import DEFAULT_CODEC
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "photos" / "BSDS500" / "val"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
@@ -597,9 +599,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="--model none measures the baselines only.")
-    p.add_argument("--model", nargs="+", default=["codec-v4"], metavar="PATH_OR_NAME",
+    p.add_argument("--model", nargs="+", default=[DEFAULT_CODEC], metavar="PATH_OR_NAME",
                    help="codecs (every quality of each, one curve each): registered names or .keras files; "
-                        "'none' for the baselines only (default: codec-v4)")
+                        f"'none' for the baselines only (default: {DEFAULT_CODEC})")
     p.add_argument("--one-curve", action="store_true",
                    help="draw all --model codecs as one 'imageae' curve (single-rate models that together make "
                         "a curve) instead of one curve per model")

@@ -24,10 +24,13 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "photos" / "BSDS500" / "val
 
 from common import Timer, git_commit
 
+from imageae.api import DEFAULT_CODEC
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="codec-v4", help="a registered codec or a .keras path (default: codec-v4)")
+    p.add_argument("--model", default=DEFAULT_CODEC,
+                   help=f"a registered codec or a .keras path (default: {DEFAULT_CODEC})")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of photos (default: BSDS500 val)")
     p.add_argument("--limit", type=int, default=8, help="photos, in name order (default: 8)")
     p.add_argument("--qualities", type=int, nargs="+", default=[1, 5, 9], help="qualities (default: 1 5 9)")

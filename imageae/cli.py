@@ -9,6 +9,8 @@ import json
 import os
 import sys
 
+from imageae.api import DEFAULT_CODEC  # cheap: the package imports the API anyway
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _EPILOG_DENOISE = """\
@@ -184,11 +186,11 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree)")
     rate = p.add_mutually_exclusive_group()
     rate.add_argument("--quality", type=_positive_int,
-                      help="1 (smallest) .. 9 (best) for codec-v4; 'imageae models' lists each codec's range "
-                           "(default: two thirds up the range, 6 for codec-v4)")
+                      help=f"1 (smallest) .. 9 (best) for {DEFAULT_CODEC}; 'imageae models' lists each codec's "
+                           f"range (default: two thirds up the range, 6 for {DEFAULT_CODEC})")
     rate.add_argument("--target-bpp", type=float, metavar="BPP",
                       help="instead of --quality: the best quality whose file stays within BPP bits per pixel")
-    p.add_argument("--model", default="codec-v4", help="a compress model from 'imageae models' or a .keras path")
+    p.add_argument("--model", default=DEFAULT_CODEC, help="a compress model from 'imageae models' or a .keras path")
     _add_folder_flags(p)
 
     p = commands.add_parser(
