@@ -86,6 +86,11 @@ examples:
   imageae train vae --data ../shared/datasets/digits/mnist/x_train.npz --size 28 --channels 1 \\
       --latent-dim 16 --filters 32,64 --likelihood bernoulli --epochs 40 -o vae-digits.keras
   imageae train vae --data my_faces/ --size 64 --crop 148 --flip -o my-faces.keras
+  imageae train vae --data my_faces/ --init vae-faces64 --crop 148 --flip --epochs 20 \\
+      --learning-rate 1e-4 -o my-faces.keras
+
+With --init, the options marked (*) default to the model's own values (its shape must match)
+and the finished KL warm-up is not run again.
 
 Each image is centre-cropped to a square (--crop pixels, or the largest centred square) and
 resized with Lanczos to --size. The KL term is warmed up linearly over --kl-warmup-steps; a
@@ -286,17 +291,20 @@ def build_parser():
     )
     t.add_argument("--data", nargs="+", required=True, help="folders of images, .npz arrays or MNIST IDX files")
     t.add_argument("-o", "--output", required=True, help="where to write the trained .keras model")
-    t.add_argument("--size", type=_positive_int, default=64, help="image side after crop and resize (default: 64)")
-    t.add_argument("--channels", type=int, choices=[1, 3], default=3, help="1 grey, 3 colour (default: 3)")
+    t.add_argument("--init", help="start from this VAE (name or .keras path) to fine-tune it; the options marked "
+                                  "(*) then default to the model's own, and its shape options must match it")
+    t.add_argument("--size", type=_positive_int, help="(*) image side after crop and resize (default: 64)")
+    t.add_argument("--channels", type=int, choices=[1, 3], help="(*) 1 grey, 3 colour (default: 3)")
     t.add_argument("--crop", type=int, default=0, help="centre-crop side in pixels before resizing (default: largest square)")
-    t.add_argument("--latent-dim", type=_positive_int, default=128, help="latent size (default: 128)")
-    t.add_argument("--filters", default="32,64,128,256", help="encoder channels per stride-2 level (default: 32,64,128,256)")
-    t.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="gaussian",
-                   help="bernoulli for near-binary images such as digits, gaussian for photos (default)")
-    t.add_argument("--gaussian-sigma", type=float, default=0.1, help="gaussian likelihood's std on 0..1 (default: 0.1)")
-    t.add_argument("--beta", type=float, default=1.0, help="KL weight after warm-up (default: 1.0)")
+    t.add_argument("--latent-dim", type=_positive_int, help="(*) latent size (default: 128)")
+    t.add_argument("--filters", help="(*) encoder channels per stride-2 level (default: 32,64,128,256)")
+    t.add_argument("--likelihood", choices=["bernoulli", "gaussian"],
+                   help="(*) bernoulli for near-binary images such as digits, gaussian for photos (default)")
+    t.add_argument("--gaussian-sigma", type=float,
+                   help="(*) gaussian likelihood's std on 0..1; smaller gives sharper images (default: 0.1)")
+    t.add_argument("--beta", type=float, help="(*) KL weight after warm-up (default: 1.0)")
     t.add_argument("--kl-warmup-steps", type=int, default=2000, help="steps of linear KL warm-up (default: 2000)")
-    t.add_argument("--mixture-components", type=_positive_int, default=10, help="GMM sampler components (default: 10)")
+    t.add_argument("--mixture-components", type=_positive_int, help="(*) GMM sampler components (default: 10)")
     t.add_argument("--flip", action="store_true", help="random horizontal flips (faces yes, digits no)")
     t.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
@@ -553,9 +561,24 @@ def _quiet_tensorflow_import():
         os.close(devnull)
 
 
+# `imageae train vae` options that default to the --init model's own values, else to these.
+_VAE_MODEL_DEFAULTS = {"size": 64, "channels": 3, "latent_dim": 128, "filters": "32,64,128,256",
+                       "likelihood": "gaussian", "gaussian_sigma": 0.1, "beta": 1.0, "mixture_components": 10}
+
+
 def _cmd_train_vae(args):
     from imageae.train import VAETrainConfig, train_vae
 
+    defaults = dict(_VAE_MODEL_DEFAULTS)
+    if args.init:
+        from imageae.registry import load_model
+
+        source = load_model(args.init, job="generate")
+        defaults.update({key: getattr(source, key) for key in defaults if key not in ("size", "filters")},
+                        size=source.image_size, filters=",".join(str(f) for f in source.filters))
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         filters = tuple(int(f) for f in args.filters.split(","))
     except ValueError:
@@ -565,7 +588,8 @@ def _cmd_train_vae(args):
         latent_dim=args.latent_dim, filters=filters, likelihood=args.likelihood, gaussian_sigma=args.gaussian_sigma,
         beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, mixture_components=args.mixture_components,
         flip=args.flip, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed,
+        patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
+        init=args.init or "", seed=args.seed,
         precision=args.precision, max_seconds=60.0 * args.max_minutes,
     )
     path = train_vae(config, progress=sys.stdout.isatty())

@@ -439,6 +439,7 @@ class VAETrainConfig:
     precision: str = "auto"
     checkpoint_dir: str = ""
     resume: bool = False
+    init: str = ""  # a generate model name or .keras path to fine-tune (same size, channels, latent, filters)
     seed: int = 0
     max_seconds: float = 0.0  # stop after this much training time (0: no limit)
 
@@ -496,11 +497,26 @@ def train_vae(config, *, progress=True):
         initial_epoch = json.loads((checkpoint_dir / "state.json").read_text())["epoch"]
         data.epoch = initial_epoch
     else:
-        model = build_vae(
-            image_size=config.size, channels=config.channels, latent_dim=config.latent_dim, filters=config.filters,
-            likelihood=config.likelihood, gaussian_sigma=config.gaussian_sigma, beta=config.beta,
-            kl_warmup_steps=config.kl_warmup_steps, seed=config.seed, mixture_components=config.mixture_components,
-        )
+        shape = dict(image_size=config.size, channels=config.channels, latent_dim=config.latent_dim,
+                     filters=tuple(config.filters))
+        loss = dict(likelihood=config.likelihood, gaussian_sigma=config.gaussian_sigma, beta=config.beta,
+                    kl_warmup_steps=config.kl_warmup_steps, seed=config.seed, mixture_components=config.mixture_components)
+        model = build_vae(**shape, **loss)
+        if config.init:
+            # Fine-tuning: the init model's layer weights (and its step counter, so that a
+            # finished KL warm-up is not run again) under this config's loss settings; the
+            # latent mixture is refitted after training anyway.
+            from imageae.registry import load_model
+
+            source = load_model(config.init, job="generate")
+            for key, value in shape.items():
+                if getattr(source, key) != value:
+                    raise ValueError(f"--init model has {key.replace('image_', '')}={getattr(source, key)}, "
+                                     f"the config says {value}: make them agree")
+            for layer in source.layers:
+                if layer.weights:
+                    model.get_layer(layer.name).set_weights(layer.get_weights())
+            model.step.assign(source.step)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=10.0))
 
     grid_z = np.random.default_rng(1234).standard_normal((64, model.latent_dim)).astype(np.float32)

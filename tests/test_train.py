@@ -155,6 +155,30 @@ def test_resume_keeps_the_best_checkpoint_from_before_the_resume(trained_vae_run
     assert after["validation_negative_elbo_nats"] < 2 * best_before["validation_negative_elbo_nats"]
 
 
+def test_init_fine_tunes_the_model_with_its_own_settings_and_refuses_another_shape(trained_vae_run, tmp_path):
+    root, _ = trained_vae_run
+    source = keras.saving.load_model(root / "out" / "tiny-vae.keras", compile=False)
+    output = tmp_path / "ft.keras"
+    # No shape or likelihood options: they come from the --init model (bernoulli, 8x8 grey, 4,8).
+    # A learning rate of 1e-9 leaves the weights where they were, so the result shows what was loaded.
+    code, _, stderr = run_cli("train", "vae", "--data", root / "patterns.npz", "--init", root / "out" / "tiny-vae.keras",
+                              "-o", output, "--checkpoint-dir", tmp_path / "ckpt", "--batch-size", 16, "--epochs", 1,
+                              "--learning-rate", 1e-9, "--precision", "float32")
+    assert code == 0, stderr
+    tuned = keras.saving.load_model(output, compile=False)
+    assert (tuned.image_size, tuned.channels, tuned.latent_dim, tuned.filters, tuned.likelihood,
+            tuned.mixture_components) == (8, 1, 2, (4, 8), "bernoulli", 2)
+    assert float(tuned.step.numpy()) == float(source.step.numpy()) + 76 // 16  # counting on: no second warm-up
+    for a, b in zip(source.encoder_convs + [source.decoder_out], tuned.encoder_convs + [tuned.decoder_out]):
+        np.testing.assert_allclose(a.get_weights()[0], b.get_weights()[0], atol=1e-6)
+    assert json.loads(output.with_suffix(".json").read_text())["training"]["config"]["init"].endswith("tiny-vae.keras")
+
+    code, _, stderr = run_cli("train", "vae", "--data", root / "patterns.npz", "--init", root / "out" / "tiny-vae.keras",
+                              "--filters", "4,16", "-o", tmp_path / "bad.keras", "--checkpoint-dir", tmp_path / "bad")
+    assert code == 2 and "--init model has filters=(4, 8), the config says (4, 16)" in stderr
+    assert not (tmp_path / "bad.keras").exists()
+
+
 def test_train_denoiser_learns_to_denoise_and_ships_a_float32_model(tmp_path):
     """A few dozen steps on smooth images already beat the identity; the shipped file is a
     plain float32 DenoiserUNet with a card, history and curve, and no optimizer state."""
