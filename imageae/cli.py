@@ -305,9 +305,6 @@ def build_parser():
     t.add_argument("--beta", type=float, help="(*) KL weight after warm-up (default: 1.0)")
     t.add_argument("--kl-warmup-steps", type=int, default=2000, help="steps of linear KL warm-up (default: 2000)")
     t.add_argument("--mixture-components", type=_positive_int, help="(*) GMM sampler components (default: 10)")
-    t.add_argument("--bottleneck", choices=["dense", "conv"],
-                   help="(*) 'dense' (default): z from dense layers on the flattened features; 'conv': z is a "
-                        "small grid from 3x3 convolutions (fewer weights; --latent-dim a multiple of the grid's cells)")
     t.add_argument("--flip", action="store_true", help="random horizontal flips (faces yes, digits no)")
     t.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
@@ -566,8 +563,7 @@ def _quiet_tensorflow_import():
 
 # `imageae train vae` options that default to the --init model's own values, else to these.
 _VAE_MODEL_DEFAULTS = {"size": 64, "channels": 3, "latent_dim": 128, "filters": "32,64,128,256",
-                       "likelihood": "gaussian", "gaussian_sigma": 0.1, "beta": 1.0, "mixture_components": 10,
-                       "bottleneck": "dense"}
+                       "likelihood": "gaussian", "gaussian_sigma": 0.1, "beta": 1.0, "mixture_components": 10}
 
 
 def _cmd_train_vae(args):
@@ -591,7 +587,6 @@ def _cmd_train_vae(args):
         data=args.data, output=args.output, size=args.size, channels=args.channels, crop=args.crop,
         latent_dim=args.latent_dim, filters=filters, likelihood=args.likelihood, gaussian_sigma=args.gaussian_sigma,
         beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, mixture_components=args.mixture_components,
-        bottleneck=args.bottleneck,
         flip=args.flip, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         patience_epochs=args.patience, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
         init=args.init or "", seed=args.seed,

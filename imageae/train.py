@@ -430,7 +430,6 @@ class VAETrainConfig:
     beta: float = 1.0
     kl_warmup_steps: int = 2000
     mixture_components: int = 10
-    bottleneck: str = "dense"  # "conv": z is a small grid from 3x3 convolutions (see ConvVAE)
     flip: bool = False  # random horizontal flips (faces yes, digits no)
     epochs: int = 30
     batch_size: int = 128
@@ -499,7 +498,7 @@ def train_vae(config, *, progress=True):
         data.epoch = initial_epoch
     else:
         shape = dict(image_size=config.size, channels=config.channels, latent_dim=config.latent_dim,
-                     filters=tuple(config.filters), bottleneck=config.bottleneck)
+                     filters=tuple(config.filters))
         loss = dict(likelihood=config.likelihood, gaussian_sigma=config.gaussian_sigma, beta=config.beta,
                     kl_warmup_steps=config.kl_warmup_steps, seed=config.seed, mixture_components=config.mixture_components)
         model = build_vae(**shape, **loss)

@@ -41,7 +41,7 @@ def test_config_round_trip_keeps_every_constructor_argument():
     config = model.get_config()
     expected = dict(
         image_size=8, channels=1, latent_dim=2, filters=[4, 8], likelihood="gaussian", gaussian_sigma=0.2,
-        beta=0.5, kl_warmup_steps=7, seed=3, mixture_components=4, bottleneck="dense",
+        beta=0.5, kl_warmup_steps=7, seed=3, mixture_components=4,
     )
     assert {k: config[k] for k in expected} == expected
     rebuilt = ConvVAE.from_config(config)
@@ -182,42 +182,6 @@ def test_no_warm_up_means_the_full_beta_from_the_first_step():
 
 
 # ----------------------------------------------------------------------------------- bad input
-
-
-def test_conv_bottleneck_trains_in_bfloat16_keeps_float32_latents_and_saves_and_loads(tmp_path):
-    # 8x8 images, two levels: a 2x2 latent grid of 2 channels, flattened to latent_dim 8
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        model = build_tiny_vae(seed=6, latent_dim=8, bottleneck="conv", likelihood="gaussian", gaussian_sigma=0.2,
-                               kl_warmup_steps=1000)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    assert model.latent_channels == 2 and not hasattr(model, "encoder_dense")
-    assert model.count_params() < build_tiny_vae(latent_dim=8, likelihood="gaussian").count_params()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    x = two_pattern_images(64, seed=2)[0].astype(np.float32) / 255.0
-    before = model.evaluate(x, batch_size=64, verbose=0, return_dict=True)["loss"]
-    model.fit(x, epochs=4, batch_size=16, verbose=0)
-    after = model.evaluate(x, batch_size=64, verbose=0, return_dict=True)["loss"]
-    assert after < before - 0.1 * abs(before)
-    mean, logvar = model.encode(x[:3])
-    assert mean.shape == (3, 8) and mean.dtype == logvar.dtype == "float32"
-
-    model.save(tmp_path / "conv.keras")
-    loaded = keras.saving.load_model(tmp_path / "conv.keras", compile=False)
-    assert loaded.bottleneck == "conv" and loaded.get_config() == model.get_config()
-    z = latents(4, dim=8, seed=7)  # the loaded layers compute in this process's float32: close, not equal
-    np.testing.assert_allclose(np.asarray(loaded.decode(z)), np.asarray(model.decode(z)), atol=0.02)
-    for got, want in zip(loaded.get_weights(), model.get_weights()):
-        np.testing.assert_array_equal(got, want)
-
-
-def test_conv_bottleneck_needs_a_latent_size_that_fills_the_grid():
-    with pytest.raises(ValueError, match="latent_dim 6 must be a multiple of 4 \\(2x2 latent grid\\)"):
-        ConvVAE(image_size=8, filters=(4, 8), latent_dim=6, bottleneck="conv")
-    with pytest.raises(ValueError, match="bottleneck must be one of"):
-        ConvVAE(bottleneck="attention")
 
 
 def test_unknown_likelihood_is_refused_with_the_choices():

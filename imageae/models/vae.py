@@ -16,7 +16,6 @@ import keras
 from keras import ops
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-BOTTLENECKS = ("dense", "conv")
 
 
 @keras.saving.register_keras_serializable(package="imageae")
@@ -45,15 +44,6 @@ class ConvVAE(keras.Model):
         The KL weight rises linearly from 0 to ``beta`` over this many training steps.
     seed : int
         Seed of the sampling noise.
-    mixture_components : int
-        Components of the Gaussian mixture fitted to the training latents (the GMM sampler).
-    bottleneck : str
-        "dense": flatten the last feature map, a 256-unit dense layer, then dense mean and
-        log-variance (and the mirror image in the decoder). "conv": mean and log-variance are
-        3x3 convolutions of the last feature map, so z is a small grid (base x base x
-        latent_dim / base^2, flattened to latent_dim) and the decoder starts with a 3x3
-        convolution of that grid: far fewer weights, shared across positions, so less to
-        memorise on a small training set. latent_dim must be a multiple of base^2.
     """
 
     def __init__(
@@ -68,15 +58,11 @@ class ConvVAE(keras.Model):
         kl_warmup_steps=2000,
         seed=0,
         mixture_components=10,
-        bottleneck="dense",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        if bottleneck not in BOTTLENECKS:
-            raise ValueError(f"bottleneck must be one of {BOTTLENECKS}, got {bottleneck!r}")
-        self.bottleneck = bottleneck
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.latent_dim = int(latent_dim)
@@ -91,11 +77,6 @@ class ConvVAE(keras.Model):
         if self.image_size % factor:
             raise ValueError(f"image_size {self.image_size} must be a multiple of {factor} for {len(self.filters)} levels")
         self.base = self.image_size // factor
-        cells = self.base * self.base
-        if bottleneck == "conv" and self.latent_dim % cells:
-            raise ValueError(f"latent_dim {self.latent_dim} must be a multiple of {cells} ({self.base}x{self.base} "
-                             "latent grid) for the conv bottleneck")
-        self.latent_channels = self.latent_dim // cells
         self.encoder_convs = []
         for i, f in enumerate(self.filters):
             self.encoder_convs.append(keras.layers.Conv2D(f, 3, padding="same", activation="relu", name=f"enc{i}a"))
@@ -103,21 +84,13 @@ class ConvVAE(keras.Model):
                 keras.layers.Conv2D(f, 4, strides=2, padding="same", activation="relu", name=f"enc{i}_down")
             )
         self.flatten = keras.layers.Flatten()
-        if bottleneck == "dense":
-            self.encoder_dense = keras.layers.Dense(256, activation="relu", name="enc_dense")
-            self.z_mean = keras.layers.Dense(self.latent_dim, dtype="float32", name="z_mean")
-            self.z_logvar = keras.layers.Dense(self.latent_dim, dtype="float32", name="z_logvar")
-            self.decoder_dense = keras.layers.Dense(256, activation="relu", name="dec_dense")
-            self.decoder_project = keras.layers.Dense(
-                self.base * self.base * self.filters[-1], activation="relu", name="dec_project"
-            )
-        else:
-            c = self.latent_channels
-            self.z_mean = keras.layers.Conv2D(c, 3, padding="same", dtype="float32", name="z_mean")
-            self.z_logvar = keras.layers.Conv2D(c, 3, padding="same", dtype="float32", name="z_logvar")
-            self.decoder_project = keras.layers.Conv2D(
-                self.filters[-1], 3, padding="same", activation="relu", name="dec_project"
-            )
+        self.encoder_dense = keras.layers.Dense(256, activation="relu", name="enc_dense")
+        self.z_mean = keras.layers.Dense(self.latent_dim, dtype="float32", name="z_mean")
+        self.z_logvar = keras.layers.Dense(self.latent_dim, dtype="float32", name="z_logvar")
+        self.decoder_dense = keras.layers.Dense(256, activation="relu", name="dec_dense")
+        self.decoder_project = keras.layers.Dense(
+            self.base * self.base * self.filters[-1], activation="relu", name="dec_project"
+        )
         self.decoder_convs = []
         for i, f in reversed(list(enumerate(self.filters))):
             self.decoder_convs.append(
@@ -137,16 +110,12 @@ class ConvVAE(keras.Model):
         for conv in self.encoder_convs:
             conv.build(shape)
             shape = conv.compute_output_shape(shape)
-        if self.bottleneck == "dense":
-            self.encoder_dense.build((None, math.prod(shape[1:])))
-            self.z_mean.build((None, 256))
-            self.z_logvar.build((None, 256))
-            self.decoder_dense.build((None, self.latent_dim))
-            self.decoder_project.build((None, 256))
-        else:
-            self.z_mean.build(shape)
-            self.z_logvar.build(shape)
-            self.decoder_project.build((None, self.base, self.base, self.latent_channels))
+        flat = (None, math.prod(shape[1:]))
+        self.encoder_dense.build(flat)
+        self.z_mean.build((None, 256))
+        self.z_logvar.build((None, 256))
+        self.decoder_dense.build((None, self.latent_dim))
+        self.decoder_project.build((None, 256))
         shape = (None, self.base, self.base, self.filters[-1])
         for conv in self.decoder_convs:
             conv.build(shape)
@@ -173,19 +142,12 @@ class ConvVAE(keras.Model):
         h = ops.cast(x, self.compute_dtype)
         for conv in self.encoder_convs:
             h = conv(h)
-        if self.bottleneck == "dense":
-            h = self.encoder_dense(self.flatten(h))
-        # ops.reshape, not the Flatten layer: that would cast the float32 latents to the policy's dtype
-        mean = ops.reshape(self.z_mean(h), (-1, self.latent_dim))
-        logvar = ops.reshape(self.z_logvar(h), (-1, self.latent_dim))
-        return mean, ops.clip(logvar, -20.0, 10.0)
+        h = self.encoder_dense(self.flatten(h))
+        return self.z_mean(h), ops.clip(self.z_logvar(h), -20.0, 10.0)
 
     def decode_logits(self, z):
-        z = ops.cast(z, self.compute_dtype)
-        if self.bottleneck == "dense":
-            h = ops.reshape(self.decoder_project(self.decoder_dense(z)), (-1, self.base, self.base, self.filters[-1]))
-        else:
-            h = self.decoder_project(ops.reshape(z, (-1, self.base, self.base, self.latent_channels)))
+        h = self.decoder_project(self.decoder_dense(ops.cast(z, self.compute_dtype)))
+        h = ops.reshape(h, (-1, self.base, self.base, self.filters[-1]))
         for conv in self.decoder_convs:
             h = conv(h)
         return ops.cast(self.decoder_out(h), "float32")
@@ -253,7 +215,7 @@ class ConvVAE(keras.Model):
             image_size=self.image_size, channels=self.channels, latent_dim=self.latent_dim,
             filters=list(self.filters), likelihood=self.likelihood, gaussian_sigma=self.gaussian_sigma,
             beta=self.beta, kl_warmup_steps=self.kl_warmup_steps, seed=self.seed,
-            mixture_components=self.mixture_components, bottleneck=self.bottleneck,
+            mixture_components=self.mixture_components,
         )
         return config
 
