@@ -458,6 +458,19 @@ def train_vae(config, *, progress=True):
     output = Path(config.output)
     checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    last = checkpoint_dir / "last.keras"
+    resuming = config.resume and last.exists()
+    shape = dict(image_size=config.size, channels=config.channels, latent_dim=config.latent_dim,
+                 filters=tuple(config.filters))
+    source = None
+    if config.init and not resuming:  # checked before the images are read
+        from imageae.registry import load_model
+
+        source = load_model(config.init, job="generate")
+        for key, value in shape.items():
+            if getattr(source, key) != value:
+                raise ValueError(f"--init model has {key.replace('image_', '')}={getattr(source, key)}, "
+                                 f"the config says {value}: make them agree")
 
     images = load_image_array(config.data, size=config.size, channels=config.channels, crop=config.crop or None)
     rng = np.random.default_rng(config.seed)
@@ -490,29 +503,19 @@ def train_vae(config, *, progress=True):
             return (x,)
 
     data = Batches()
-    last = checkpoint_dir / "last.keras"
     initial_epoch = 0
-    if config.resume and last.exists():
+    if resuming:
         model = keras.saving.load_model(last)
         initial_epoch = json.loads((checkpoint_dir / "state.json").read_text())["epoch"]
         data.epoch = initial_epoch
     else:
-        shape = dict(image_size=config.size, channels=config.channels, latent_dim=config.latent_dim,
-                     filters=tuple(config.filters))
         loss = dict(likelihood=config.likelihood, gaussian_sigma=config.gaussian_sigma, beta=config.beta,
                     kl_warmup_steps=config.kl_warmup_steps, seed=config.seed, mixture_components=config.mixture_components)
         model = build_vae(**shape, **loss)
-        if config.init:
+        if source is not None:
             # Fine-tuning: the init model's layer weights (and its step counter, so that a
             # finished KL warm-up is not run again) under this config's loss settings; the
             # latent mixture is refitted after training anyway.
-            from imageae.registry import load_model
-
-            source = load_model(config.init, job="generate")
-            for key, value in shape.items():
-                if getattr(source, key) != value:
-                    raise ValueError(f"--init model has {key.replace('image_', '')}={getattr(source, key)}, "
-                                     f"the config says {value}: make them agree")
             for layer in source.layers:
                 if layer.weights:
                     model.get_layer(layer.name).set_weights(layer.get_weights())

@@ -173,7 +173,8 @@ def test_init_fine_tunes_the_model_with_its_own_settings_and_refuses_another_sha
         np.testing.assert_allclose(a.get_weights()[0], b.get_weights()[0], atol=1e-6)
     assert json.loads(output.with_suffix(".json").read_text())["training"]["config"]["init"].endswith("tiny-vae.keras")
 
-    code, _, stderr = run_cli("train", "vae", "--data", root / "patterns.npz", "--init", root / "out" / "tiny-vae.keras",
+    # refused before any image is read (this data file does not even exist)
+    code, _, stderr = run_cli("train", "vae", "--data", tmp_path / "none.npz", "--init", root / "out" / "tiny-vae.keras",
                               "--filters", "4,16", "-o", tmp_path / "bad.keras", "--checkpoint-dir", tmp_path / "bad")
     assert code == 2 and "--init model has filters=(4, 8), the config says (4, 16)" in stderr
     assert not (tmp_path / "bad.keras").exists()
