@@ -96,7 +96,9 @@ Each image is centre-cropped to a square (--crop pixels, or the largest centred 
 resized with Lanczos to --size. The KL term is warmed up linearly over --kl-warmup-steps; a
 held-out 5 % gives the validation ELBO that picks the best checkpoint and stops early; a grid of
 samples is written to --checkpoint-dir after every epoch. After training, a Gaussian mixture is
-fitted to the training latents and stored in the model (the 'gmm' sampler).
+fitted to the training latents and stored in the model (the 'gmm' sampler); with
+--mixture-components auto its size is the one under which the held-out images' latents are most
+likely.
 """
 
 
@@ -108,6 +110,10 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _mixture_components(text):
+    return "auto" if text == "auto" else _positive_int(text)
 
 
 def _quality(text):
@@ -304,7 +310,9 @@ def build_parser():
                    help="(*) gaussian likelihood's std on 0..1; smaller gives sharper images (default: 0.1)")
     t.add_argument("--beta", type=float, help="(*) KL weight after warm-up (default: 1.0)")
     t.add_argument("--kl-warmup-steps", type=int, default=2000, help="steps of linear KL warm-up (default: 2000)")
-    t.add_argument("--mixture-components", type=_positive_int, help="(*) GMM sampler components (default: 10)")
+    t.add_argument("--mixture-components", type=_mixture_components,
+                   help="(*) GMM sampler components, or 'auto': each of 5, 10, 20, 40, 80, 160 is fitted and the "
+                        "one under which the validation images' latents are most likely is kept (default: 10)")
     t.add_argument("--flip", action="store_true", help="random horizontal flips (faces yes, digits no)")
     t.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")

@@ -36,10 +36,8 @@ def fit_mixture(latents, components, *, seed=0, iterations=200, tolerance=1e-6):
     previous = -np.inf
     for _ in range(iterations):
         # E step: log responsibilities under each diagonal Gaussian
-        log_p = -0.5 * (((x[:, None, :] - means[None]) ** 2 / variances[None]).sum(-1)
-                        + np.log(variances).sum(-1)[None] + d * np.log(2 * np.pi)) + log_weights[None]
-        top = log_p.max(axis=1, keepdims=True)
-        log_norm = top + np.log(np.exp(log_p - top).sum(axis=1, keepdims=True))
+        log_p = _joint_log_probs(x, log_weights, means, variances)
+        log_norm = _log_sum_exp(log_p)
         resp = np.exp(log_p - log_norm)
         # M step
         counts = resp.sum(axis=0) + 1e-10
@@ -51,6 +49,43 @@ def fit_mixture(latents, components, *, seed=0, iterations=200, tolerance=1e-6):
             break
         previous = likelihood
     return log_weights.astype(np.float32), means.astype(np.float32), np.log(variances).astype(np.float32)
+
+
+def _joint_log_probs(x, log_weights, means, variances):
+    """log(weight_k N(x_n; mean_k, diag(variance_k))), (n, k), without an (n, k, d) array."""
+    precisions = 1.0 / variances
+    squared = (x**2) @ precisions.T - 2.0 * x @ (means * precisions).T + (means**2 * precisions).sum(1)[None]
+    return -0.5 * (squared + np.log(variances).sum(-1)[None] + x.shape[1] * np.log(2 * np.pi)) + log_weights[None]
+
+
+def _log_sum_exp(log_p):
+    top = log_p.max(axis=1, keepdims=True)
+    return top + np.log(np.exp(log_p - top).sum(axis=1, keepdims=True))
+
+
+def mixture_log_likelihood(latents, log_weights, means, log_vars):
+    """Mean log-density (nats per vector) of ``latents`` under a diagonal Gaussian mixture."""
+    x = np.asarray(latents, np.float64)
+    log_p = _joint_log_probs(x, np.asarray(log_weights, np.float64), np.asarray(means, np.float64),
+                             np.exp(np.asarray(log_vars, np.float64)))
+    return float(_log_sum_exp(log_p).mean())
+
+
+MIXTURE_SIZES = (5, 10, 20, 40, 80, 160)
+
+
+def select_mixture(latents, held_out, sizes=MIXTURE_SIZES, *, seed=0):
+    """Fit a mixture of each size in ``sizes`` to ``latents`` and keep the one under which the
+    ``held_out`` latents (a validation split's) are most likely: more components follow the
+    training latents more closely until they start to model single points. Returns
+    ``(fit, {size: held-out log-likelihood})`` with ``fit`` as :func:`fit_mixture` gives it."""
+    scores, best, best_score = {}, None, -np.inf
+    for k in sizes:
+        fit = fit_mixture(latents, k, seed=seed)
+        scores[int(k)] = round(mixture_log_likelihood(held_out, *fit), 3)
+        if scores[int(k)] > best_score:
+            best, best_score = fit, scores[int(k)]
+    return best, scores
 
 
 def sample_latents_tf(n, latent_dim, seed, temperature, mixture=None):

@@ -429,7 +429,7 @@ class VAETrainConfig:
     gaussian_sigma: float = 0.1
     beta: float = 1.0
     kl_warmup_steps: int = 2000
-    mixture_components: int = 10
+    mixture_components: object = 10  # or "auto": the size the validation latents like best (select_mixture)
     flip: bool = False  # random horizontal flips (faces yes, digits no)
     epochs: int = 30
     batch_size: int = 128
@@ -449,7 +449,7 @@ def train_vae(config, *, progress=True):
     """Train a :class:`~imageae.models.vae.ConvVAE` as ``config`` says, fit its latent mixture,
     and write the .keras model, a model card, a training curve and sample grids."""
     from imageae.data.arrays import load_image_array
-    from imageae.generation import contact_sheet, decode_latents, encode_images, fit_mixture
+    from imageae.generation import contact_sheet, decode_latents, encode_images, fit_mixture, select_mixture
     from imageae.models.vae import build_vae
     from imageae.runtime import set_precision
 
@@ -510,7 +510,8 @@ def train_vae(config, *, progress=True):
         data.epoch = initial_epoch
     else:
         loss = dict(likelihood=config.likelihood, gaussian_sigma=config.gaussian_sigma, beta=config.beta,
-                    kl_warmup_steps=config.kl_warmup_steps, seed=config.seed, mixture_components=config.mixture_components)
+                    kl_warmup_steps=config.kl_warmup_steps, seed=config.seed,
+                    mixture_components=1 if config.mixture_components == "auto" else config.mixture_components)
         model = build_vae(**shape, **loss)
         if source is not None:
             # Fine-tuning: the init model's layer weights (and its step counter, so that a
@@ -545,7 +546,13 @@ def train_vae(config, *, progress=True):
 
     # Ex-post density estimation: a Gaussian mixture over the training set's posterior means.
     latents = encode_images(model, train)
-    log_w, means, log_vars = fit_mixture(latents, config.mixture_components, seed=config.seed)
+    mixture_scores = None
+    if config.mixture_components == "auto":
+        (log_w, means, log_vars), mixture_scores = select_mixture(latents, encode_images(model, val), seed=config.seed)
+    else:
+        log_w, means, log_vars = fit_mixture(latents, config.mixture_components, seed=config.seed)
+    if len(log_w) != model.mixture_components:
+        model = _with_mixture_size(model, len(log_w))
     model.mixture_log_weights.assign(log_w)
     model.mixture_means.assign(means)
     model.mixture_log_vars.assign(log_vars)
@@ -568,6 +575,10 @@ def train_vae(config, *, progress=True):
             "precision_policy": policy,
             "wall_time_seconds": round(wall + previous_wall, 1),
             "config": _plain(dataclasses.asdict(config)),
+            **({"mixture_selection": {
+                "components": model.mixture_components,
+                "validation_latent_log_likelihood_nats_by_components": mixture_scores,
+            }} if mixture_scores else {}),
         },
         "metrics": {
             "validation_negative_elbo_nats": round(float(np.mean(nll + kl)), 3),
@@ -575,6 +586,17 @@ def train_vae(config, *, progress=True):
             "validation_kl_nats": round(float(np.mean(kl)), 3),
         },
     })
+
+
+def _with_mixture_size(model, components):
+    """``model`` rebuilt (float32) with room for a mixture of ``components``, which is zeroed."""
+    from imageae.runtime import rebuilt
+
+    d = model.latent_dim
+    shapes = {"mixture_log_weights": (components,), "mixture_means": (components, d), "mixture_log_vars": (components, d)}
+    weights = [np.zeros(shapes[v.name], np.float32) if v.name in shapes else w
+               for v, w in zip(model.weights, model.get_weights())]
+    return rebuilt(model, "float32", weights, mixture_components=components)
 
 
 def train_digit_classifier(images, labels, output, *, epochs=8, validation=2000, seed=0):

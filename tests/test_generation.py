@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import build_tiny_vae
-from imageae.generation import contact_sheet, fit_mixture, interpolate_latents, sample_latents
+from imageae.generation import (
+    contact_sheet, fit_mixture, interpolate_latents, mixture_log_likelihood, sample_latents, select_mixture,
+)
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +152,26 @@ def test_fit_mixture_recovers_the_clusters_from_every_initialisation():
     for seed in range(20):
         _, means, _ = fit_mixture(x, 3, seed=seed)
         assert sorted(matched(means)) == [0, 1, 2], f"init seed {seed}: means {means.tolist()}"
+
+
+def test_mixture_log_likelihood_is_the_mean_log_density_written_out():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5, 2))
+    log_weights, means, log_vars = np.log([0.25, 0.75]), rng.normal(size=(2, 2)), rng.normal(size=(2, 2)) * 0.3
+    density = sum(
+        w * np.exp(-0.5 * (((x - m) ** 2) / np.exp(lv)).sum(1)) / np.sqrt((2 * np.pi) ** 2 * np.exp(lv).prod())
+        for w, m, lv in zip(np.exp(log_weights), means, log_vars)
+    )
+    assert mixture_log_likelihood(x, log_weights, means, log_vars) == pytest.approx(np.log(density).mean(), rel=1e-9)
+
+
+def test_select_mixture_keeps_the_size_the_held_out_points_like_best():
+    # three clusters: one component is far too few, and 40 fitted to 600 points model their noise
+    fit, scores = select_mixture(three_clusters(seed=5), three_clusters(seed=6), sizes=(1, 3, 40))
+    assert list(scores) == [1, 3, 40]
+    assert max(scores, key=scores.get) == 3 and len(fit[0]) == 3
+    assert scores[1] < scores[3] - 1.0 and scores[40] < scores[3]
+    assert sorted(matched(fit[1])) == [0, 1, 2]
 
 
 # ------------------------------------------------------------------------ interpolate_latents

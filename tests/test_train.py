@@ -180,6 +180,25 @@ def test_init_fine_tunes_the_model_with_its_own_settings_and_refuses_another_sha
     assert not (tmp_path / "bad.keras").exists()
 
 
+def test_mixture_components_auto_keeps_the_size_the_validation_latents_like_best(trained_vae_run, tmp_path):
+    root, _ = trained_vae_run
+    output = tmp_path / "auto.keras"
+    code, _, stderr = run_cli("train", "vae", "--data", root / "patterns.npz", "--init", root / "out" / "tiny-vae.keras",
+                              "--mixture-components", "auto", "-o", output, "--checkpoint-dir", tmp_path / "ckpt",
+                              "--batch-size", 16, "--epochs", 1, "--precision", "float32")
+    assert code == 0, stderr
+    selection = json.loads(output.with_suffix(".json").read_text())["training"]["mixture_selection"]
+    scores = {int(k): v for k, v in selection["validation_latent_log_likelihood_nats_by_components"].items()}
+    assert list(scores) == [5, 10, 20, 40, 80, 160]
+    model = keras.saving.load_model(output, compile=False)
+    # 76 training latents: sizes past 76 give one component per point
+    assert model.mixture_components == selection["components"] == min(max(scores, key=scores.get), 76)
+    assert model.mixture_means.shape == (model.mixture_components, 2)
+    assert np.exp(model.mixture_log_weights.numpy()).sum() == pytest.approx(1.0, abs=1e-5)
+    code, _, stderr = run_cli("generate", "-n", 2, "-o", tmp_path / "gen", "--model", output)
+    assert code == 0, stderr
+
+
 def test_train_denoiser_learns_to_denoise_and_ships_a_float32_model(tmp_path):
     """A few dozen steps on smooth images already beat the identity; the shipped file is a
     plain float32 DenoiserUNet with a card, history and curve, and no optimizer state."""
