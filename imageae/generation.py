@@ -20,7 +20,7 @@ def fit_mixture(latents, components, *, seed=0, iterations=200, tolerance=1e-6):
     ``(log_weights (K,), means (K, D), log_variances (K, D))`` as float32.
     """
     x = np.asarray(latents, np.float64)
-    n, d = x.shape
+    n = len(x)
     k = int(min(components, n))
     rng = np.random.default_rng(seed)
     # k-means++ starting points: each next mean is drawn with probability proportional to the

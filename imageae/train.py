@@ -460,8 +460,8 @@ def train_vae(config, *, progress=True):
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     last = checkpoint_dir / "last.keras"
     resuming = config.resume and last.exists()
-    shape = dict(image_size=config.size, channels=config.channels, latent_dim=config.latent_dim,
-                 filters=tuple(config.filters))
+    shape = {"image_size": config.size, "channels": config.channels, "latent_dim": config.latent_dim,
+             "filters": tuple(config.filters)}
     source = None
     if config.init and not resuming:  # checked before the images are read
         from imageae.registry import load_model
@@ -509,9 +509,9 @@ def train_vae(config, *, progress=True):
         initial_epoch = json.loads((checkpoint_dir / "state.json").read_text())["epoch"]
         data.epoch = initial_epoch
     else:
-        loss = dict(likelihood=config.likelihood, gaussian_sigma=config.gaussian_sigma, beta=config.beta,
-                    kl_warmup_steps=config.kl_warmup_steps, seed=config.seed,
-                    mixture_components=1 if config.mixture_components == "auto" else config.mixture_components)
+        loss = {"likelihood": config.likelihood, "gaussian_sigma": config.gaussian_sigma, "beta": config.beta,
+                "kl_warmup_steps": config.kl_warmup_steps, "seed": config.seed,
+                "mixture_components": 1 if config.mixture_components == "auto" else config.mixture_components}
         model = build_vae(**shape, **loss)
         if source is not None:
             # Fine-tuning: the init model's layer weights (and its step counter, so that a
