@@ -96,9 +96,9 @@ Each image is centre-cropped to a square (--crop pixels, or the largest centred 
 resized with Lanczos to --size. The KL term is warmed up linearly over --kl-warmup-steps; a
 held-out 5 % gives the validation ELBO that picks the best checkpoint and stops early; a grid of
 samples is written to --checkpoint-dir after every epoch. After training, a Gaussian mixture is
-fitted to the training latents and stored in the model (the 'gmm' sampler); with
---mixture-components auto its size is the one under which the held-out images' latents are most
-likely.
+fitted to the training latents and stored in the model (the 'gmm' sampler); its size is the
+one under which the held-out images' latents are most likely (--mixture-components auto, the
+default) unless you give one.
 """
 
 
@@ -312,7 +312,7 @@ def build_parser():
     t.add_argument("--kl-warmup-steps", type=int, default=2000, help="steps of linear KL warm-up (default: 2000)")
     t.add_argument("--mixture-components", type=_mixture_components,
                    help="(*) GMM sampler components, or 'auto': each of 5, 10, 20, 40, 80, 160 is fitted and the "
-                        "one under which the validation images' latents are most likely is kept (default: 10)")
+                        "one under which the validation images' latents are most likely is kept (default: auto)")
     t.add_argument("--flip", action="store_true", help="random horizontal flips (faces yes, digits no)")
     t.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
     t.add_argument("--batch-size", type=_positive_int, default=128, help="images per step (default: 128)")
@@ -571,7 +571,7 @@ def _quiet_tensorflow_import():
 
 # `imageae train vae` options that default to the --init model's own values, else to these.
 _VAE_MODEL_DEFAULTS = {"size": 64, "channels": 3, "latent_dim": 128, "filters": "32,64,128,256",
-                       "likelihood": "gaussian", "gaussian_sigma": 0.1, "beta": 1.0, "mixture_components": 10}
+                       "likelihood": "gaussian", "gaussian_sigma": 0.1, "beta": 1.0, "mixture_components": "auto"}
 
 
 def _cmd_train_vae(args):

@@ -429,7 +429,7 @@ class VAETrainConfig:
     gaussian_sigma: float = 0.1
     beta: float = 1.0
     kl_warmup_steps: int = 2000
-    mixture_components: object = 10  # or "auto": the size the validation latents like best (select_mixture)
+    mixture_components: object = "auto"  # or a count; auto: the size the validation latents like best (select_mixture)
     flip: bool = False  # random horizontal flips (faces yes, digits no)
     epochs: int = 30
     batch_size: int = 128
