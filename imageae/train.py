@@ -512,15 +512,13 @@ def train_vae(config, *, progress=True):
         loss = {"likelihood": config.likelihood, "gaussian_sigma": config.gaussian_sigma, "beta": config.beta,
                 "kl_warmup_steps": config.kl_warmup_steps, "seed": config.seed,
                 "mixture_components": 1 if config.mixture_components == "auto" else config.mixture_components}
-        model = build_vae(**shape, **loss)
         if source is not None:
-            # Fine-tuning: the init model's layer weights (and its step counter, so that a
-            # finished KL warm-up is not run again) under this config's loss settings; the
-            # latent mixture is refitted after training anyway.
-            for layer in source.layers:
-                if layer.weights:
-                    model.get_layer(layer.name).set_weights(layer.get_weights())
-            model.step.assign(source.step)
+            # Fine-tuning: the init model's weights (its step counter too, so that a finished KL
+            # warm-up is not run again) under this config's loss settings; the latent mixture is
+            # refitted after training anyway.
+            model = _rebuilt_vae(source, policy, **loss)
+        else:
+            model = build_vae(**shape, **loss)
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate, clipnorm=10.0))
 
     grid_z = np.random.default_rng(1234).standard_normal((64, model.latent_dim)).astype(np.float32)
@@ -552,7 +550,7 @@ def train_vae(config, *, progress=True):
     else:
         log_w, means, log_vars = fit_mixture(latents, config.mixture_components, seed=config.seed)
     if len(log_w) != model.mixture_components:
-        model = _with_mixture_size(model, len(log_w))
+        model = _rebuilt_vae(model, "float32", mixture_components=len(log_w))
     model.mixture_log_weights.assign(log_w)
     model.mixture_means.assign(means)
     model.mixture_log_vars.assign(log_vars)
@@ -588,15 +586,16 @@ def train_vae(config, *, progress=True):
     })
 
 
-def _with_mixture_size(model, components):
-    """``model`` rebuilt (float32) with room for a mixture of ``components``, which is zeroed."""
+def _rebuilt_vae(model, policy, **overrides):
+    """:func:`imageae.runtime.rebuilt` for a ConvVAE: its weights under ``policy`` and the
+    constructor ``overrides``; a mixture of another size than the model's starts zeroed."""
     from imageae.runtime import rebuilt
 
-    d = model.latent_dim
-    shapes = {"mixture_log_weights": (components,), "mixture_means": (components, d), "mixture_log_vars": (components, d)}
-    weights = [np.zeros(shapes[v.name], np.float32) if v.name in shapes else w
+    k, d = overrides.get("mixture_components", model.mixture_components), model.latent_dim
+    shapes = {"mixture_log_weights": (k,), "mixture_means": (k, d), "mixture_log_vars": (k, d)}
+    weights = [np.zeros(shapes[v.name], np.float32) if v.name in shapes and k != model.mixture_components else w
                for v, w in zip(model.weights, model.get_weights())]
-    return rebuilt(model, "float32", weights, mixture_components=components)
+    return rebuilt(model, policy, weights, **overrides)
 
 
 def train_digit_classifier(images, labels, output, *, epochs=8, validation=2000, seed=0):
