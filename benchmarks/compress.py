@@ -192,11 +192,13 @@ def is_imageae(codec):
     return codec == IMAGEAE or codec.startswith(IMAGEAE + " ")
 
 
-def load_codecs(specs, one_curve=False):
-    """[(curve, name, quality, session, lmbda)]: every quality of every codec in ``specs`` (registered
-    names or .keras files); names as the session writes them into files. Each model is its own
-    curve ("imageae NAME") unless ``one_curve``; two models of the same name are refused, since
-    their curves and their files could not be told apart."""
+def load_codecs(specs, one_curve=False, refine_steps=0):
+    """[(curve, name, quality, session, lmbda, refine_steps)]: every quality of every codec in ``specs``
+    (registered names or .keras files); names as the session writes them into files. Each model is
+    its own curve ("imageae NAME") unless ``one_curve``; two models of the same name are refused,
+    since their curves and their files could not be told apart. With ``refine_steps``, each model
+    has a second curve, "imageae NAME refineN": the same model, encoding with N steps of latent
+    refinement (``compress_array(..., refine_steps=N)``)."""
     from imageae.api import codec_session
 
     settings, names = [], {}
@@ -207,8 +209,10 @@ def load_codecs(specs, one_curve=False):
                              "(a .keras file is named after its file name): rename one of the files")
         names[session.name] = spec
         curve_name = IMAGEAE if one_curve else f"{IMAGEAE} {session.name}"
-        for quality in range(1, session.num_qualities + 1):
-            settings.append((curve_name, session.name, quality, session, session.model.lambdas[quality - 1]))
+        for steps in (0, refine_steps) if refine_steps else (0,):
+            curve = curve_name + (f" refine{steps}" if steps else "")
+            for quality in range(1, session.num_qualities + 1):
+                settings.append((curve, session.name, quality, session, session.model.lambdas[quality - 1], steps))
     return settings
 
 
@@ -217,40 +221,42 @@ def measure_imageae(codecs, paths, images, use_ms_ssim, bar):
     from imageae.codec import compress_array, decompress_bytes, estimate_bits, make_session_lookup
 
     records, checks = [], []
-    for curve_name, name, quality, session, lmbda in codecs:
+    for curve_name, name, quality, session, lmbda, refine in codecs:
         lookup = make_session_lookup(session)
-        label = f"{name} q{quality}"
+        label = f"{name} q{quality}" + (f" refine{refine}" if refine else "")
         seen = set()
         for clean in images:  # untimed warm-up per shape: first eager calls, kernel selection
             if clean.shape not in seen:
                 seen.add(clean.shape)
-                decompress_bytes(lookup, compress_array(session, clean, quality))
+                decompress_bytes(lookup, compress_array(session, clean, quality, refine_steps=min(refine, 1)))
         for i, (path, clean) in enumerate(zip(paths, images)):
             bar.set_postfix_str(f"imageae {label} {path.name}")
             with Timer() as te:
-                data = compress_array(session, clean, quality)
+                data = compress_array(session, clean, quality, refine_steps=refine)
             with Timer() as td:
                 decoded = decompress_bytes(lookup, data)
             row = record(curve_name, label, quality, i, path, clean, data, decoded, te.seconds, td.seconds, use_ms_ssim)
-            estimate = estimate_bits(session, clean, quality)
-            real = 8 * len(data)
-            row.update(
-                model_bits=estimate.model_bits, table_bits=estimate.table_bits, overhead_bits=estimate.overhead_bits,
-                model_estimate_gap_pct=((estimate.model_bits + estimate.overhead_bits) / real - 1) * 100,
-                table_estimate_gap_pct=((estimate.table_bits + estimate.overhead_bits) / real - 1) * 100,
-            )
+            if not refine:  # the estimate is of the plain latents; a refined file has others
+                estimate = estimate_bits(session, clean, quality)
+                real = 8 * len(data)
+                row.update(
+                    model_bits=estimate.model_bits, table_bits=estimate.table_bits,
+                    overhead_bits=estimate.overhead_bits,
+                    model_estimate_gap_pct=((estimate.model_bits + estimate.overhead_bits) / real - 1) * 100,
+                    table_estimate_gap_pct=((estimate.table_bits + estimate.overhead_bits) / real - 1) * 100,
+                )
             records.append(row)
             if i == 0:
-                checks.append(determinism_check(session, label, quality, clean, data, decoded))
+                checks.append(determinism_check(session, label, quality, clean, data, decoded, refine))
             bar.update(1)
     return records, checks
 
 
-def determinism_check(session, label, quality, clean, data, decoded):
+def determinism_check(session, label, quality, clean, data, decoded, refine=0):
     """Encode and decode the first image again, and decode it with a second, separately built session."""
     from imageae.codec import CodecSession, compress_array, decompress_bytes, make_session_lookup
 
-    again = compress_array(session, clean, quality)
+    again = compress_array(session, clean, quality, refine_steps=refine)
     fresh = CodecSession(session.model, session.name)
     redecoded = decompress_bytes(make_session_lookup(session), data)
     fresh_decoded = decompress_bytes(make_session_lookup(fresh), data)
@@ -291,7 +297,7 @@ def summarise(records):
                 "encode_s_per_mpixel": sum(r["encode_s"] for r in chosen) / pixels,
                 "decode_s_per_mpixel": sum(r["decode_s"] for r in chosen) / pixels,
             }
-            if is_imageae(codec):
+            if is_imageae(codec) and "model_estimate_gap_pct" in chosen[0]:
                 for key in ("model_estimate_gap_pct", "table_estimate_gap_pct"):
                     row[key] = float(np.mean([r[key] for r in chosen]))
             rows.append(row)
@@ -436,8 +442,15 @@ def markdown(result):
                    "**float32** whatever the dtype policy (the scale indexes the decoder derives must match bit "
                    "for bit), so there is no bf16 variant. Models: "
                    + "; ".join(f"`{m['name']}` quality {m['quality']} (lmbda {m['lmbda']:g}, "
-                               f"{m['parameters']:,} parameters, policy {m['session_policy']})" for m in cfg["models"])
+                               f"{m['parameters']:,} parameters, policy {m['session_policy']})"
+                               for m in cfg["models"] if not m.get("refine_steps"))
                    + ".")
+        refined = sorted({m["refine_steps"] for m in cfg["models"] if m.get("refine_steps")})
+        if refined:
+            out.append(f"- imageae ... refine{refined[0]}: the same models and files, encoded with "
+                       f"`compress_array(..., refine_steps={refined[0]})`: {refined[0]} steps of rate-distortion "
+                       "descent on the latents before coding (`imageae.codec.refine`); the decoder is unchanged. "
+                       "No estimate gap is listed for these (the estimate is of the plain latents).")
     out += ["", "## Rate-distortion points", "",
             "| codec | setting | n | bpp | PSNR | PSNR of mean MSE | MS-SSIM | MS-SSIM dB | enc s/Mpx | dec s/Mpx |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -480,7 +493,7 @@ def markdown(result):
                 "integer tables) + overhead, which the file should match to a few 32-bit words.", "",
                 "| model | bpp | model-estimate gap | table-estimate gap |", "|---|---|---|---|"]
         for p in points:
-            if is_imageae(p["codec"]):
+            if is_imageae(p["codec"]) and "model_estimate_gap_pct" in p:
                 out.append(f"| {p['setting']} | {p['bpp']:.4f} | {p['model_estimate_gap_pct']:+.2f} % | "
                            f"{p['table_estimate_gap_pct']:+.3f} % |")
         out += ["", "Determinism (first image of each model: re-encode gives the same bytes, re-decode the same "
@@ -608,6 +621,9 @@ def parse_args(argv=None):
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help=f"folder of test images, read as RGB (default: {DEFAULT_DATA})")
     p.add_argument("--limit", type=int, default=0, help="first N images only, for smoke tests (default: all)")
+    p.add_argument("--refine-steps", type=int, default=0, metavar="N",
+                   help="also measure each model encoding with N steps of latent refinement, as a second curve "
+                        "'imageae NAME refineN' (slow: N x about 0.9 s per Mpixel per image and quality)")
     p.add_argument("--codecs", nargs="+", choices=["jpeg", "webp", "jp2"], default=["jpeg", "webp", "jp2"],
                    help="baselines to measure (default: all three)")
     p.add_argument("--jpeg-qualities", type=int_list, default=list(JPEG_QUALITIES),
@@ -622,6 +638,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.limit < 0:
         p.error("--limit must be >= 0")
+    if args.refine_steps < 0:
+        p.error("--refine-steps must be >= 0")
     if any(not 0 <= q <= 100 for q in args.jpeg_qualities + args.webp_qualities):
         p.error("JPEG and WebP qualities must be 0..100")
     if any(not 0 < b < 24 for b in args.jp2_bpp):
@@ -639,7 +657,7 @@ def main(argv=None):
     codecs = []
     if args.model != ["none"]:
         try:
-            codecs = load_codecs(args.model, args.one_curve)
+            codecs = load_codecs(args.model, args.one_curve, args.refine_steps)
         except (ValueError, FileNotFoundError) as error:
             parser.error(f"{error}. Pass codec names from 'imageae models' or .keras files of HyperpriorCodec models")
     else:
@@ -721,9 +739,9 @@ def main(argv=None):
             "jp2_skipped": jp2_skipped,
             "settings": {codec: [value for _, value, _ in settings] for codec, settings in baselines.items()},
             "ms_ssim": use_ms_ssim, "ms_ssim_why": ms_ssim_why,
-            "models": [{"curve": curve_name, "name": name, "quality": quality, "lmbda": lmbda,
+            "models": [{"curve": curve_name, "name": name, "quality": quality, "lmbda": lmbda, "refine_steps": refine,
                         "parameters": int(session.model.count_params()), "session_policy": "float32"}
-                       for curve_name, name, quality, session, lmbda in codecs],
+                       for curve_name, name, quality, session, lmbda, refine in codecs],
         },
         "protocol": {
             "rate": "bytes * 8 / (H * W) of the original, real encoded sizes",

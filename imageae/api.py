@@ -395,7 +395,7 @@ def _codec_pixels(image):
     return image[:, :, None] if image.ndim == 2 else image
 
 
-def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
+def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, refine_steps=0):
     """Compress an 8-bit image into the bytes of an ``.iae`` file.
 
     Parameters
@@ -411,6 +411,12 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
         per pixel (quality 1 when even that is larger), found by encoding.
     model : str
         A registered codec (default "codec-v4") or the path of a .keras codec.
+    refine_steps : int
+        0 (default): encode in one pass. N > 0: first N steps of encoder-side rate-distortion
+        descent on the latents (:mod:`imageae.codec.refine`): smaller files at the same
+        quality (or better pictures at the same size) that any decoder reads as usual; encoding
+        takes about N x 0.9 s per Mpixel on 2 CPU cores (100 is a good value). Images up to
+        4 Mpixel.
 
     Returns
     -------
@@ -424,7 +430,7 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC):
     """
     if quality is not None and target_bpp is not None:
         raise ValueError("give quality or target_bpp, not both")
-    return _compress_pixels(codec_session(model), _codec_pixels(image), quality, target_bpp)
+    return _compress_pixels(codec_session(model), _codec_pixels(image), quality, target_bpp, refine_steps)
 
 
 def default_quality(session):
@@ -433,12 +439,14 @@ def default_quality(session):
     return max(1, round(session.num_qualities * 2 / 3))
 
 
-def _compress_pixels(session, pixels, quality, target_bpp):
+def _compress_pixels(session, pixels, quality, target_bpp, refine_steps=0):
     """:func:`compress` once the session and the pixel array are in hand."""
     from imageae.codec import compress_array
 
+    refine_steps = _check_refine_steps(refine_steps)
     if target_bpp is None:
-        return compress_array(session, pixels, default_quality(session) if quality is None else quality)
+        return compress_array(session, pixels, default_quality(session) if quality is None else quality,
+                              refine_steps=refine_steps)
     if not target_bpp > 0:
         raise ValueError(f"target_bpp must be positive, got {target_bpp}")
     budget = float(target_bpp) * pixels.shape[0] * pixels.shape[1]
@@ -449,16 +457,26 @@ def _compress_pixels(session, pixels, quality, target_bpp):
         return 8 * len(files[q]) <= budget
 
     # Higher quality never gives a smaller file in practice; bisect for the last that fits.
+    # Without refinement (each try would cost a refinement): the refined file of the chosen
+    # quality replaces the plain one only if it fits the budget too.
     low, high = 1, session.num_qualities
-    if not fits(low):
+    if fits(low):
+        while low < high:
+            middle = (low + high + 1) // 2
+            if fits(middle):
+                low = middle
+            else:
+                high = middle - 1
+    if not refine_steps:
         return files[low]
-    while low < high:
-        middle = (low + high + 1) // 2
-        if fits(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return files[low]
+    refined = compress_array(session, pixels, low, refine_steps=refine_steps)
+    return refined if 8 * len(refined) <= max(budget, 8 * len(files[low])) else files[low]
+
+
+def _check_refine_steps(refine_steps):
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) or refine_steps < 0:
+        raise ValueError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
+    return int(refine_steps)
 
 
 def _session_lookup(models):
@@ -510,12 +528,14 @@ def _read_for_codec(path):
 
 
 def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, overwrite=False,
-                    progress=None):
+                    progress=None, refine_steps=0):
     """Compress every image in ``inputs`` (files and folders) into ``.iae`` files under ``output``.
 
     The output tree mirrors the input tree (``photos/a/b.jpg`` -> ``OUT/a/b.iae``). Existing
     outputs are kept unless ``overwrite``; a file that cannot be read (or has alpha, or 16
     bits) is recorded in the report with the reason and the run goes on.
+
+    ``refine_steps``: as for :func:`compress`.
 
     Returns
     -------
@@ -526,6 +546,7 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
 
     if quality is not None and target_bpp is not None:
         raise ValueError("give quality or target_bpp, not both")
+    refine_steps = _check_refine_steps(refine_steps)
     session = codec_session(model)  # loads (and checks) the model before any file is touched
     if quality is not None:
         session.check_quality(quality)
@@ -539,7 +560,7 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
                 report.failed.append((str(task.source), error))
                 continue
             try:
-                data = _compress_pixels(session, decoded.pixels, quality, target_bpp)
+                data = _compress_pixels(session, decoded.pixels, quality, target_bpp, refine_steps)
             except ValueError as error:
                 report.failed.append((str(task.source), str(error)))
                 continue

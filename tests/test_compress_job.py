@@ -246,3 +246,102 @@ def test_compress_benchmark_draws_one_curve_per_model_and_compares_them(codec_fi
         compress.main(["--model", str(first), str(tmp_path / "other" / "one.keras"), *common,
                        "--out", str(tmp_path / "clash")])
     assert exit_info.value.code == 2
+
+
+# --- encoder-side latent refinement (imageae.codec.refine) ------------------------------------
+
+
+def _session(codec_file):
+    from imageae.api import codec_session
+
+    return codec_session(str(codec_file))
+
+
+@pytest.mark.parametrize("channels", [3, 1], ids=["rgb", "grey"])
+def test_refinement_lowers_the_files_rate_distortion_cost_and_any_decoder_reads_it(codec_file, channels,
+                                                                                   monkeypatch):
+    from imageae.codec import compress_array, decompress_bytes, make_session_lookup, refine
+    from imageae.codec.refine import file_cost
+    from imageae.codec.session import analyze_image
+
+    # The 20-step codec's latents are all near 0, so the steps must be large enough to cross a
+    # rounding boundary within 40 steps (codec-v4's latents are larger: there 0.005 works).
+    monkeypatch.setattr(refine, "DEFAULT_LEARNING_RATE", 0.05)
+    session = _session(codec_file)
+    image = smooth_image(70, 90, channels=channels, seed=11).reshape(70, 90, channels)
+    plain, refined = analyze_image(session, image, 2), refine.refine_latents(session, image, 2, 40)
+    # the encoder of a codec trained for 20 steps is far from optimal: refinement must do better
+    assert file_cost(session, image, refined, 2) < file_cost(session, image, plain, 2)
+    lookup, lmbda = make_session_lookup(session), session.model.lambdas[1]
+
+    def realised_cost(data):  # what the user gets: the file's real size and its decoded pixels
+        decoded = decompress_bytes(lookup, data)
+        assert decoded.shape == image.shape and decoded.dtype == np.uint8
+        return 8 * len(data) / (70 * 90) + lmbda * float(np.mean((decoded.astype(float) - image) ** 2))
+
+    data = compress_array(session, image, 2, refine_steps=40)
+    assert realised_cost(data) < realised_cost(compress_array(session, image, 2))
+    assert compress_array(session, image, 2, refine_steps=40) == data  # deterministic
+
+
+def test_refinement_never_returns_worse_latents_than_the_encoders(codec_file, monkeypatch):
+    """A step size that only makes things worse: the plain latents come back unchanged."""
+    from imageae.codec import refine
+    from imageae.codec.session import analyze_image
+
+    session = _session(codec_file)
+    image = smooth_image(64, 64, seed=12)
+    got = refine.refine_latents(session, image, 1, 3, learning_rate=1e3)
+    plain = analyze_image(session, image, 1)
+    np.testing.assert_array_equal(got.y_symbols, plain.y_symbols)
+    np.testing.assert_array_equal(got.z_symbols, plain.z_symbols)
+
+
+def test_refinement_refuses_bad_step_counts_and_images_too_large(codec_file, monkeypatch):
+    from imageae.codec import refine
+
+    model, image = str(codec_file), smooth_image(64, 64, seed=13)
+    for steps in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="refine_steps must be a whole number >= 0"):
+            imageae.compress(image, quality=1, model=model, refine_steps=steps)
+    monkeypatch.setattr(refine, "MAX_REFINE_PIXELS", 64 * 64)
+    with pytest.raises(ValueError, match="up to 0 Mpixel.*65x64.*without refinement"):
+        imageae.compress(smooth_image(65, 64, seed=13), quality=1, model=model, refine_steps=2)
+
+
+def test_target_bpp_with_refinement_stays_within_the_budget(codec_file):
+    image, model = smooth_image(128, 128, seed=8), str(codec_file)
+    sizes = [8 * len(imageae.compress(image, quality=q, model=model)) / image[..., 0].size for q in (1, 2)]
+    for target in (sizes[1] + 0.01, (sizes[0] + sizes[1]) / 2):
+        data = imageae.compress(image, target_bpp=target, model=model, refine_steps=10)
+        assert 8 * len(data) / image[..., 0].size <= target
+
+
+def test_cli_compress_refine_steps(codec_file, tmp_path):
+    Image.fromarray(smooth_image(40, 56, seed=3)).save(tmp_path / "a.png")
+    code, _, err = run_cli("compress", tmp_path / "a.png", "-o", tmp_path / "o", "--model", codec_file,
+                           "--refine-steps", "-1")
+    assert code == 2 and "expected a whole number >= 0, got -1" in err
+    code, _, err = run_cli("compress", tmp_path / "a.png", "-o", tmp_path / "o", "--model", codec_file,
+                             "--quality", "2", "--refine-steps", "5")
+    assert code == 0, err
+    data = (tmp_path / "o" / "a.iae").read_bytes()
+    assert data == imageae.compress(smooth_image(40, 56, seed=3), quality=2, model=str(codec_file), refine_steps=5)
+    assert imageae.decompress(data, models=[str(codec_file)]).shape == (40, 56, 3)
+
+
+def test_compress_benchmark_measures_a_refined_curve_beside_the_plain_one(codec_file, tmp_path):
+    compress = _benchmark_module()
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(smooth_image(64, 96, seed=40)).save(photos / "p0.png")
+    assert compress.main(["--model", str(codec_file), "--refine-steps", "5", "--data", str(photos), "--codecs",
+                          "jpeg", "--jpeg-qualities", "5,30,60,90", "--skip-ms-ssim", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "compress.json").read_text())
+    assert result["config"]["codecs"] == ["JPEG", "imageae tiny-codec", "imageae tiny-codec refine5"]
+    assert [c["ok"] for c in result["determinism"]] == [True] * 4
+    refined = [p for p in result["points"] if p["codec"] == "imageae tiny-codec refine5"]
+    assert [p["setting"] for p in sorted(refined, key=lambda p: p["value"])] == \
+        ["tiny-codec q1 refine5", "tiny-codec q2 refine5"]
+    assert "model_estimate_gap_pct" not in refined[0]
+    assert "refine5: the same models and files" in (tmp_path / "compress.md").read_text()

@@ -342,6 +342,11 @@ def analysis_graph(model):
 
 
 def _analyze(session, image, quality):
+    return _latents_from(session, *_encoder_latents(session, image, quality), quality)
+
+
+def _encoder_latents(session, image, quality):
+    """The analysis transforms' continuous (y, z) of ``image``: float32 (1, h, w, C) each."""
     model = session.model
     if max(image.shape[:2]) <= session.tile:  # one graph call, the export's
         pixels = _model_pixels(session, image)[None]
@@ -349,7 +354,14 @@ def _analyze(session, image, quality):
     else:
         y = _tiled(lambda x: model.analyze(x, quality), _model_input(session, image), session.tile,
                    TILE_MARGIN, 1.0 / session.y_factor)
-        z = model.hyper(y, quality)
+        z = np.asarray(model.hyper(y, quality), np.float32)
+    return y, z
+
+
+def _latents_from(session, y, z, quality):
+    """The integers a file stores for continuous latents (y, z) (1, h, w, C): z rounded, then y's
+    residuals rounded against the means the decoder will derive from those integers."""
+    model = session.model
     if not (np.all(np.isfinite(np.asarray(y))) and np.all(np.isfinite(np.asarray(z)))):
         raise ValueError(f"model {session.name!r} produced non-finite latents for this image")
     if np.abs(np.asarray(z)).max() >= _INT32_LIMIT:
@@ -397,7 +409,7 @@ def _header(session, image, colour_mode, quality):
     return IaeHeader(session.name, quality, int(image.shape[0]), int(image.shape[1]), colour_mode, BIT_DEPTH)
 
 
-def compress_array(session, image, quality=None):
+def compress_array(session, image, quality=None, *, refine_steps=0):
     """Compress a uint8 image into the bytes of an ``.iae`` file.
 
     Parameters
@@ -408,6 +420,11 @@ def compress_array(session, image, quality=None):
     quality : int
         1 .. ``session.num_qualities`` (higher: more bits, better pictures); may be left out
         for a single-rate model.
+    refine_steps : int
+        0 (default): the analysis transform's latents, in one pass. N > 0: N steps of
+        encoder-side rate-distortion descent on the latents first
+        (:func:`imageae.codec.refine.refine_latents`): slower encoding (about 0.25 s a step for
+        a 0.15 Mpixel photo on 2 CPU cores), smaller or better files, the same decoder.
 
     Returns
     -------
@@ -420,7 +437,7 @@ def compress_array(session, image, quality=None):
     ValueError
         For a dtype other than uint8 (16-bit images are refused, not reduced), an alpha channel,
         a shape that is not an image, an image too large for the format, or a quality the
-        model does not have.
+        model does not have (or, with ``refine_steps``, too large to refine).
     TypeError
         If ``image`` is not a numpy array.
     """
@@ -428,7 +445,12 @@ def compress_array(session, image, quality=None):
     quality = session.check_quality(quality)
     header = _header(session, image, colour_mode, quality)
     pack(header, [b""])  # refuses sizes the format cannot hold before any model work
-    latents = _analyze(session, image, quality)
+    if refine_steps:
+        from imageae.codec.refine import refine_latents
+
+        latents = refine_latents(session, image, quality, refine_steps)
+    else:
+        latents = _analyze(session, image, quality)
     return pack_latents(header, latents.z_symbols, latents.y_symbols, latents.scale_indexes,
                         session.z_tables, session.z_offsets)
 
