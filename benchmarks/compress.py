@@ -623,7 +623,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0, help="first N images only, for smoke tests (default: all)")
     p.add_argument("--refine-steps", type=int, default=0, metavar="N",
                    help="also measure each model encoding with N steps of latent refinement, as a second curve "
-                        "'imageae NAME refineN' (slow: N x about 0.9 s per Mpixel per image and quality)")
+                        "'imageae NAME refineN' (slow: N x about 0.65 s per Mpixel per image and quality)")
     p.add_argument("--codecs", nargs="+", choices=["jpeg", "webp", "jp2"], default=["jpeg", "webp", "jp2"],
                    help="baselines to measure (default: all three)")
     p.add_argument("--jpeg-qualities", type=int_list, default=list(JPEG_QUALITIES),

@@ -415,7 +415,7 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, refin
         0 (default): encode in one pass. N > 0: first N steps of encoder-side rate-distortion
         descent on the latents (:mod:`imageae.codec.refine`): smaller files at the same
         quality (or better pictures at the same size) that any decoder reads as usual; encoding
-        takes about N x 0.9 s per Mpixel on 2 CPU cores (100 is a good value). Images up to
+        takes about N x 0.65 s per Mpixel on 2 CPU cores (100 is a good value). Images up to
         4 Mpixel.
 
     Returns

@@ -323,7 +323,7 @@ def test_cli_compress_refine_steps(codec_file, tmp_path):
                            "--refine-steps", "-1")
     assert code == 2 and "expected a whole number >= 0, got -1" in err
     code, _, err = run_cli("compress", tmp_path / "a.png", "-o", tmp_path / "o", "--model", codec_file,
-                             "--quality", "2", "--refine-steps", "5")
+                           "--quality", "2", "--refine-steps", "5")
     assert code == 0, err
     data = (tmp_path / "o" / "a.iae").read_bytes()
     assert data == imageae.compress(smooth_image(40, 56, seed=3), quality=2, model=str(codec_file), refine_steps=5)
