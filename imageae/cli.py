@@ -55,8 +55,9 @@ quality, the image size and grey/colour mode: decompress needs nothing else. Wit
 quality 1 gives the smallest files (about 0.09 bits per pixel on photos), 9 the best pictures
 (about 1.55). codec-v4 is experimental: its files are about 21 % smaller than JPEG's at equal
 PSNR, but 21 % larger than WebP's. --refine-steps N spends encoding time on each image
-(N steps of rate-distortion descent on its latents, about N x 0.65 s per Mpixel on 2 cores):
-the files are ordinary .iae files that decode as fast as any other.
+(N steps of rate-distortion descent on its latents, about N x 0.65 s per Mpixel on 2 cores);
+with N = 100, codec-v4 needs about 6 % fewer bits for the same PSNR. The files are ordinary
+.iae files that decode as fast as any other.
 Grey and colour images of any size are coded; alpha channels and 16-bit images are refused
 by name (keep those as PNG). Existing outputs are skipped unless --overwrite.
 """
