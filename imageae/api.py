@@ -442,8 +442,9 @@ def default_quality(session):
 def _compress_pixels(session, pixels, quality, target_bpp, refine_steps=0):
     """:func:`compress` once the session and the pixel array are in hand."""
     from imageae.codec import compress_array
+    from imageae.codec.refine import check_refine_steps
 
-    refine_steps = _check_refine_steps(refine_steps)
+    refine_steps = check_refine_steps(refine_steps)  # before any encoding of the target_bpp search
     if target_bpp is None:
         return compress_array(session, pixels, default_quality(session) if quality is None else quality,
                               refine_steps=refine_steps)
@@ -471,12 +472,6 @@ def _compress_pixels(session, pixels, quality, target_bpp, refine_steps=0):
         return files[low]
     refined = compress_array(session, pixels, low, refine_steps=refine_steps)
     return refined if 8 * len(refined) <= max(budget, 8 * len(files[low])) else files[low]
-
-
-def _check_refine_steps(refine_steps):
-    if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) or refine_steps < 0:
-        raise ValueError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
-    return int(refine_steps)
 
 
 def _session_lookup(models):
@@ -546,7 +541,9 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
 
     if quality is not None and target_bpp is not None:
         raise ValueError("give quality or target_bpp, not both")
-    refine_steps = _check_refine_steps(refine_steps)
+    from imageae.codec.refine import check_refine_steps
+
+    refine_steps = check_refine_steps(refine_steps)  # before any file is read
     session = codec_session(model)  # loads (and checks) the model before any file is touched
     if quality is not None:
         session.check_quality(quality)

@@ -31,8 +31,6 @@ import weakref
 
 import numpy as np
 
-from imageae.codec.coder import estimate_factorized_bits, estimate_gaussian_bits
-
 # The gradient pass holds g_s's activations for the whole padded image at once (no tiling):
 # measured peak RSS 1.6 GB for 1024x1024, 3.3 GB for 2048x2048 (bfloat16 descent; 2.0 and
 # 5.4 GB in float32). Larger images are refused rather than swapped.
@@ -55,14 +53,20 @@ def descent_model(session):
     return _DESCENT_MODELS[session]
 
 
+def check_refine_steps(refine_steps):
+    """``refine_steps`` as an int; ValueError unless it is a whole number >= 0 (0: no refinement)."""
+    if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) or refine_steps < 0:
+        raise ValueError(f"refine_steps must be a whole number >= 0, got {refine_steps!r}")
+    return int(refine_steps)
+
+
 def file_cost(session, image, latents, quality):
     """``J`` of latents as their file would realise it: the integer tables' bits per pixel plus
     lambda times the MSE (0..255) of the decoded uint8 pixels against ``image``."""
-    from imageae.codec.session import synthesize_image
+    from imageae.codec.session import latent_table_bits, synthesize_image
 
     height, width = image.shape[:2]
-    bits = estimate_factorized_bits(latents.z_symbols, session.z_tables, session.z_offsets)
-    bits += estimate_gaussian_bits(latents.y_symbols, latents.scale_indexes)
+    bits = latent_table_bits(session, latents)
     colour_mode = "grey" if image.shape[-1] == 1 else "rgb"
     decoded = synthesize_image(session, latents, height, width, colour_mode)
     mse = np.mean(np.square(decoded.astype(np.float64) - image.astype(np.float64)))

@@ -48,6 +48,7 @@ from imageae.codec.coder import (
 )
 from imageae.codec.container import IaeFormatError, IaeHeader, pack, pack_section, unpack, unpack_section
 from imageae.codec.fixed_point import FixedPointHyperSynthesis
+from imageae.codec.refine import check_refine_steps, refine_latents
 from imageae.pipelines.tiling import pad_to_multiple, plan_tiles
 
 BIT_DEPTH = 8  # the only depth the codec stores; 16-bit input is refused, not silently reduced
@@ -446,9 +447,7 @@ def compress_array(session, image, quality=None, *, refine_steps=0):
     quality = session.check_quality(quality)
     header = _header(session, image, colour_mode, quality)
     pack(header, [b""])  # refuses sizes the format cannot hold before any model work
-    if refine_steps:
-        from imageae.codec.refine import refine_latents
-
+    if check_refine_steps(refine_steps):
         latents = refine_latents(session, image, quality, refine_steps)
     else:
         latents = _analyze(session, image, quality)
@@ -480,13 +479,19 @@ def estimate_bits(session, image, quality=None):
     height, width = image.shape[:2]
     model_bpp = session.model.estimate_bpp(_model_input(session, image), quality, num_pixels=height * width)
     latents = _analyze(session, image, quality)
-    table_bits = estimate_factorized_bits(latents.z_symbols, session.z_tables, session.z_offsets)
-    table_bits += estimate_gaussian_bits(latents.y_symbols, latents.scale_indexes)
     empty = pack(_header(session, image, colour_mode, quality), [
         pack_section(latents.z_symbols.shape, b""),
         pack_section(latents.y_symbols.shape, b""),
     ])
-    return RateEstimate(float(np.asarray(model_bpp)[0]) * height * width, table_bits, 8 * len(empty))
+    return RateEstimate(float(np.asarray(model_bpp)[0]) * height * width, latent_table_bits(session, latents),
+                        8 * len(empty))
+
+
+def latent_table_bits(session, latents):
+    """Information content of :class:`CodecLatents` under the coder's integer tables: the bits
+    the two entropy-coded sections spend, to within their final flush (no container)."""
+    return (estimate_factorized_bits(latents.z_symbols, session.z_tables, session.z_offsets)
+            + estimate_gaussian_bits(latents.y_symbols, latents.scale_indexes))
 
 
 # ------------------------------------------------------------------------------- decoding
