@@ -8,8 +8,11 @@ al. 2019, Yang et al. 2020) is largest for undertrained encoders. :func:`refine_
 closes part of it by gradient descent on y and z themselves, through the fixed ``h_s``, ``g_s``
 and entropy models:
 
-* the distortion sees rounded latents (straight-through gradients) and the rates see latents
-  plus uniform noise, as in the model's training (Minnen & Singh 2020);
+* rounding is relaxed by stochastic Gumbel annealing (SGA; Yang et al. 2020): each latent is
+  rounded down or up by a Gumbel-softmax draw whose temperature falls from
+  :data:`TEMPERATURE_START` to :data:`TEMPERATURE_END`, so the relaxed cost the descent
+  follows becomes the discrete cost of the file (rate and distortion see the same soft-rounded
+  latents);
 * Adam with a cosine-decayed step size, from the encoder's latents;
 * every ``check_every`` steps the cost is measured with hard rounding, and the best latents so
   far are kept, so a step size that overshoots cannot make the result worse than an earlier one;
@@ -35,7 +38,11 @@ import numpy as np
 # measured peak RSS 1.6 GB for 1024x1024, 3.3 GB for 2048x2048 (bfloat16 descent; 2.0 and
 # 5.4 GB in float32). Larger images are refused rather than swapped.
 MAX_REFINE_PIXELS = 4 * 2**20
-DEFAULT_LEARNING_RATE = 0.005
+DEFAULT_LEARNING_RATE = 0.04
+# SGA's temperature falls geometrically over the steps between these two.
+TEMPERATURE_START = 0.5
+TEMPERATURE_END = 0.02
+_ATANH_EDGE = 1.0 - 1e-5  # atanh is infinite at 1: a latent exactly on a bin centre
 _DESCENT_MODELS = weakref.WeakKeyDictionary()
 
 
@@ -73,6 +80,23 @@ def file_cost(session, image, latents, quality):
     return bits / (height * width) + session.model.lambdas[quality - 1] * mse
 
 
+def annealed_round(v, temperature, seed):
+    """SGA's relaxed rounding (Yang et al. 2020) of the float tensor ``v``: ``floor(v)`` plus a
+    Gumbel-softmax draw between rounding down (0) and up (1), with logits ``-atanh(distance to
+    that integer) / temperature``. Differentiable in ``v``; as the temperature falls it tends
+    to ``round(v)``, so a cost computed on it tends to the cost of the rounded latents.
+    ``seed``: a stateless-RNG seed, shape (2,) int64 (the same seed gives the same draw)."""
+    import tensorflow as tf
+
+    floor = tf.floor(v)
+    fraction = v - floor
+    logits = tf.stack([-tf.atanh(tf.minimum(fraction, _ATANH_EDGE)),
+                       -tf.atanh(tf.minimum(1.0 - fraction, _ATANH_EDGE))], -1)
+    uniform = tf.random.stateless_uniform(tf.concat([tf.shape(v), [2]], 0), seed, 1e-6, 1.0 - 1e-6, v.dtype)
+    gumbel = -tf.math.log(-tf.math.log(uniform))
+    return floor + tf.nn.softmax(logits / temperature + gumbel, axis=-1)[..., 1]
+
+
 def refine_latents(session, image, quality, steps, *, learning_rate=None, check_every=5, seed=0):
     """Latents (:class:`~imageae.codec.session.CodecLatents`) of ``image`` at ``quality`` after
     ``steps`` steps of rate-distortion descent (see the module docstring); never worse, by the
@@ -107,23 +131,19 @@ def refine_latents(session, image, quality, steps, *, learning_rate=None, check_
     y0, z0 = _encoder_latents(session, image, quality)
     y, z = tf.Variable(y0), tf.Variable(z0)
 
-    def cost(y, z, noise_seed=None):
-        """bits per pixel and MSE (0..1): relaxed when noise_seed is given, else hard rounding."""
+    def cost(y, z, noise_seed=None, temperature=None):
+        """bits per pixel + lambda MSE: with SGA's soft rounding when noise_seed is given, else
+        with hard rounding (the file's cost, up to the tables' integer precision)."""
         if noise_seed is None:
-            z_hat = z_rate = tf.round(z)
+            z_hat = tf.round(z)
+            scales, means = model.y_scales_means(z_hat, q)
+            y_hat = tf.round(y - means) + means
         else:
-            z_hat = z + tf.stop_gradient(tf.round(z) - z)
-            z_rate = z + tf.random.stateless_uniform(tf.shape(z), noise_seed, -0.5, 0.5)
-        scales, means = model.y_scales_means(z_hat, q)
-        residual = y - means
-        if noise_seed is None:
-            y_hat = tf.round(residual) + means
-            y_rate = y_hat
-        else:
-            y_hat = residual + tf.stop_gradient(tf.round(residual) - residual) + means
-            y_rate = y + tf.random.stateless_uniform(tf.shape(y), noise_seed + 1, -0.5, 0.5)
-        nats = -tf.reduce_sum(tf.math.log(model.entropy_bottleneck(z_rate)))
-        nats -= tf.reduce_sum(tf.math.log(gaussian_likelihood(y_rate - means, scales)))
+            z_hat = annealed_round(z, temperature, noise_seed)
+            scales, means = model.y_scales_means(z_hat, q)
+            y_hat = annealed_round(y - means, temperature, noise_seed + 1) + means
+        nats = -tf.reduce_sum(tf.math.log(model.entropy_bottleneck(z_hat)))
+        nats -= tf.reduce_sum(tf.math.log(gaussian_likelihood(y_hat - means, scales)))
         x_hat = model._synthesize(y_hat, q)[:, :height, :width]
         if noise_seed is None:
             x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
@@ -139,7 +159,9 @@ def refine_latents(session, image, quality, steps, *, learning_rate=None, check_
     @tf.function(autograph=False)
     def step(index):
         with tf.GradientTape() as tape:
-            loss = cost(y, z, tf.stack([tf.constant(seed, tf.int64), 2 * tf.cast(index, tf.int64)]))
+            progress = tf.cast(index, tf.float32) / steps
+            temperature = TEMPERATURE_START * (TEMPERATURE_END / TEMPERATURE_START) ** progress
+            loss = cost(y, z, tf.stack([tf.constant(seed, tf.int64), 2 * tf.cast(index, tf.int64)]), temperature)
         optimizer.apply_gradients(zip(tape.gradient(loss, [y, z]), [y, z]))
 
     hard_cost = tf.function(lambda: cost(y, z), autograph=False)
