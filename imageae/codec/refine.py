@@ -38,7 +38,7 @@ import numpy as np
 # measured peak RSS 1.6 GB for 1024x1024, 3.3 GB for 2048x2048 (bfloat16 descent; 2.0 and
 # 5.4 GB in float32). Larger images are refused rather than swapped.
 MAX_REFINE_PIXELS = 4 * 2**20
-DEFAULT_LEARNING_RATE = 0.04
+DEFAULT_LEARNING_RATE = 0.06
 # SGA's temperature falls geometrically over the steps between these two.
 TEMPERATURE_START = 0.5
 TEMPERATURE_END = 0.02
