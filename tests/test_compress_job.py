@@ -313,6 +313,25 @@ def test_target_bpp_with_refinement_stays_within_the_budget(codec_file):
         assert 8 * len(data) / image[..., 0].size <= target
 
 
+def test_target_bpp_with_refinement_takes_the_next_quality_up_when_its_refined_file_fits(codec_file, monkeypatch):
+    from imageae.codec import session as session_module
+    from imageae.codec.session import _encoder_latents, _latents_from
+
+    def shrinking(session, image, quality, steps):  # stands in for a refinement that saves bits
+        y, z = _encoder_latents(session, image, quality)
+        return _latents_from(session, np.zeros_like(y), z, quality)
+
+    monkeypatch.setattr(session_module, "refine_latents", shrinking)
+    image, model = smooth_image(128, 128, seed=8), str(codec_file)
+    bpp = lambda data: 8 * len(data) / image[..., 0].size  # noqa: E731
+    plain = {q: bpp(imageae.compress(image, quality=q, model=model)) for q in (1, 2)}
+    small = imageae.compress(image, quality=2, model=model, refine_steps=1)
+    budget = max(plain[1], bpp(small))
+    assert budget < plain[2]  # the premise: only quality 2's refined file fits at quality 2
+    assert unpack(imageae.compress(image, target_bpp=budget, model=model))[0].quality == 1
+    assert imageae.compress(image, target_bpp=budget, model=model, refine_steps=1) == small
+
+
 def test_cli_compress_refine_steps(codec_file, tmp_path):
     Image.fromarray(smooth_image(40, 56, seed=3)).save(tmp_path / "a.png")
     code, _, err = run_cli("compress", tmp_path / "a.png", "-o", tmp_path / "o", "--model", codec_file,
