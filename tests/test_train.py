@@ -230,3 +230,39 @@ def test_train_denoiser_learns_to_denoise_and_ships_a_float32_model(tmp_path):
     clean = smooth_image(64, 64, channels=1, seed=99).astype(np.float32)[None, :, :, None] / 255.0
     noisy = clean + rng.normal(0, 25 / 255.0, clean.shape).astype(np.float32)
     assert np.mean((np.asarray(model(noisy)) - clean) ** 2) < np.mean((noisy - clean) ** 2)
+
+
+def test_adversarial_weight_trains_only_the_decoder_and_keeps_the_mixture(trained_vae_run, tmp_path):
+    root, _ = trained_vae_run
+    source = keras.saving.load_model(root / "out" / "tiny-vae.keras", compile=False)
+    output = tmp_path / "sharp.keras"
+    code, _, stderr = run_cli("train", "vae", "--data", root / "patterns.npz", "--init", root / "out" / "tiny-vae.keras",
+                              "--adversarial-weight", 0.5, "-o", output, "--checkpoint-dir", tmp_path / "ckpt",
+                              "--batch-size", 16, "--epochs", 2, "--learning-rate", 1e-3, "--precision", "float32")
+    assert code == 0, stderr
+    tuned = keras.saving.load_model(output, compile=False)
+    for a, b in zip(source.encoder_convs + [source.z_mean, source.z_logvar],
+                    tuned.encoder_convs + [tuned.z_mean, tuned.z_logvar]):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb)  # the encoder is not trained
+    for name in ("mixture_log_weights", "mixture_means", "mixture_log_vars"):
+        np.testing.assert_array_equal(getattr(source, name).numpy(), getattr(tuned, name).numpy())
+    assert not np.allclose(source.decoder_out.get_weights()[0], tuned.decoder_out.get_weights()[0])
+    # still a decoder: reconstructions of the training patterns stay close to what they were
+    images = np.load(root / "patterns.npz")["arr_0"][..., None].astype(np.float32) / 255.0
+    error = lambda m: float(np.mean(np.abs(np.asarray(m(images)) - images)))  # noqa: E731
+    assert error(tuned) < 2 * error(source) + 0.05
+    card = json.loads(output.with_suffix(".json").read_text())
+    assert card["training"]["config"]["adversarial_weight"] == 0.5 and card["training"]["epochs_run"] == 2
+    assert (tmp_path / "ckpt" / "discriminator.weights.h5").is_file()
+    assert (tmp_path / "ckpt" / "samples_epoch002.png").is_file()
+    history = (tmp_path / "ckpt" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,loss,adversarial,critic") and len(history) == 3
+
+    # it sharpens a trained decoder: without --init there is nothing to sharpen
+    code, _, stderr = run_cli("train", "vae", "--data", root / "patterns.npz", "--adversarial-weight", 0.5,
+                              "-o", tmp_path / "bad.keras", "--checkpoint-dir", tmp_path / "bad")
+    assert code == 2 and "give it with --init" in stderr
+    code, _, stderr = run_cli("train", "vae", "--data", root / "patterns.npz", "--init", root / "out" / "tiny-vae.keras",
+                              "--adversarial-weight", -1, "-o", tmp_path / "bad.keras")
+    assert code == 2 and "--adversarial-weight must be 0 (off) or positive, got -1.0" in stderr
