@@ -55,8 +55,8 @@ quality, the image size and grey/colour mode: decompress needs nothing else. Wit
 quality 1 gives the smallest files (about 0.09 bits per pixel on photos), 9 the best pictures
 (about 1.55). codec-v4 is experimental: its files are about 21 % smaller than JPEG's at equal
 PSNR, but 21 % larger than WebP's. --refine-steps N spends encoding time on each image
-(N steps of rate-distortion descent on its latents, about N x 0.65 s per Mpixel on 2 cores);
-with N = 100, codec-v4 needs about 6 % fewer bits for the same PSNR. The files are ordinary
+(N steps of rate-distortion descent on its latents, about N x 0.7 s per Mpixel on 2 cores);
+with N = 100, codec-v4 needs about 24 % fewer bits for the same PSNR. The files are ordinary
 .iae files that decode as fast as any other.
 Grey and colour images of any size are coded; alpha channels and 16-bit images are refused
 by name (keep those as PNG). Existing outputs are skipped unless --overwrite.
@@ -225,7 +225,7 @@ def build_parser():
     p.add_argument("--model", default=DEFAULT_CODEC, help="a compress model from 'imageae models' or a .keras path")
     p.add_argument("--refine-steps", type=_nonnegative_int, default=0, metavar="N",
                    help="optimise each image's latents for N steps before coding: smaller files or better "
-                        "pictures, the same decoder, N x about 0.65 s per Mpixel (default 0: one pass; 100 is a "
+                        "pictures, the same decoder, N x about 0.7 s per Mpixel (default 0: one pass; 100 is a "
                         "good value; images up to 4 Mpixel)")
     _add_folder_flags(p)
 

@@ -20,11 +20,11 @@ and entropy models:
   integer tables' bits, the decoded uint8 pixels) and the one with the lower ``J`` wins.
 
 The bitstream does not change: a refined file is an ordinary ``.iae`` file. On codec-v4 and
-three BSDS500 val photos (481x321), 100 steps lower ``J`` by 4-8 % (most at the lowest
-quality), in about 10 s a photo on 2 CPU cores (:func:`descent_model`). Along the
-rate-distortion curve that is a BD-rate of -6.2 % against the one-pass encoder (first 24
-BSDS500 val photos, all nine qualities; ``python benchmarks/compress.py --refine-steps 100
---limit 24 --out benchmarks/results/refine``).
+three BSDS500 train photos (481x321), 100 steps lower ``J`` by 11-14 % (the straight-through +
+noise relaxation used before SGA: 4-8 %), in about 10 s a photo on 2 CPU cores
+(:func:`descent_model`). Along the rate-distortion curve that is a BD-rate of -24.0 % against
+the one-pass encoder (first 24 BSDS500 val photos, all nine qualities; ``python
+benchmarks/compress.py --refine-steps 100 --limit 24 --out benchmarks/results/refine``).
 
 Noise is drawn from seeds fixed by the step number, so the same image, quality and steps give
 the same bytes on one machine.
