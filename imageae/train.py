@@ -314,11 +314,28 @@ class SaveState(keras.callbacks.Callback):
         self.start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        tmp = self.checkpoint_dir / "last.tmp.keras"
-        self.model.save(tmp)
-        os.replace(tmp, self.checkpoint_dir / "last.keras")
-        state = {"epoch": epoch + 1, "wall_time_seconds": self.previous_wall + time.time() - self.start}
-        (self.checkpoint_dir / "state.json").write_text(json.dumps(state))
+        _save_last(self.model, self.checkpoint_dir, epoch, self.previous_wall + time.time() - self.start)
+
+
+def _save_last(model, checkpoint_dir, epoch, wall_seconds):
+    """``model`` as last.keras (written atomically) and state.json (epochs done, training time)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    tmp = checkpoint_dir / "last.tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, checkpoint_dir / "last.keras")
+    state = {"epoch": epoch + 1, "wall_time_seconds": wall_seconds}
+    (checkpoint_dir / "state.json").write_text(json.dumps(state))
+
+
+def _save_sample_sheet(model, latents, checkpoint_dir, epoch):
+    """The VAE's decodings of ``latents`` as one contact sheet, samples_epochNNN.png."""
+    from PIL import Image
+
+    from imageae.generation import contact_sheet, decode_latents
+
+    sheet = contact_sheet(decode_latents(model, latents), columns=8)
+    Image.fromarray(sheet[..., 0] if sheet.shape[-1] == 1 else sheet).save(
+        Path(checkpoint_dir) / f"samples_epoch{epoch + 1:03d}.png")
 
 
 class CountSteps(keras.callbacks.Callback):
@@ -454,7 +471,7 @@ def train_vae(config, *, progress=True):
     """Train a :class:`~imageae.models.vae.ConvVAE` as ``config`` says, fit its latent mixture,
     and write the .keras model, a model card, a training curve and sample grids."""
     from imageae.data.arrays import load_image_array
-    from imageae.generation import contact_sheet, decode_latents, encode_images, fit_mixture, select_mixture
+    from imageae.generation import encode_images, fit_mixture, select_mixture
     from imageae.models.vae import build_vae
     from imageae.runtime import set_precision
 
@@ -540,12 +557,7 @@ def train_vae(config, *, progress=True):
         """A sheet of 64 decoded prior samples after every epoch, to watch training."""
 
         def on_epoch_end(self, epoch, logs=None):
-            from PIL import Image
-
-            sheet = contact_sheet(decode_latents(self.model, grid_z), columns=8)
-            Image.fromarray(sheet[..., 0] if sheet.shape[-1] == 1 else sheet).save(
-                checkpoint_dir / f"samples_epoch{epoch + 1:03d}.png"
-            )
+            _save_sample_sheet(self.model, grid_z, checkpoint_dir, epoch)
 
     previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     mixture_scores = None
@@ -627,7 +639,7 @@ def _diff_augment(x, seed):
     import tensorflow as tf
 
     n, size = tf.shape(x)[0], x.shape[1]
-    uniform = lambda k: tf.random.stateless_uniform([n, 1, 1, 1], seed + k)  # noqa: E731
+    uniform = lambda k: tf.random.stateless_uniform([n, 1, 1, 1], seed + k)
     x = x + (uniform(0) - 0.5)
     mean = tf.reduce_mean(x, axis=3, keepdims=True)
     x = (x - mean) * uniform(1) * 2.0 + mean
@@ -662,8 +674,6 @@ def _sharpen_decoder(model, train, val, config, checkpoint_dir, initial_epoch, p
 
     import tensorflow as tf
 
-    from imageae.generation import contact_sheet, decode_latents
-
     batch = config.batch_size
     images = np.concatenate([train, train[:, :, ::-1]]) if config.flip else train
     means, log_vars = [], []
@@ -679,6 +689,7 @@ def _sharpen_decoder(model, train, val, config, checkpoint_dir, initial_epoch, p
     decoder = [*model.decoder_dense.trainable_variables, *model.decoder_project.trainable_variables,
                *[v for conv in model.decoder_convs for v in conv.trainable_variables],
                *model.decoder_out.trainable_variables]
+    last = next(i for i, v in enumerate(decoder) if v is model.decoder_out.kernel)  # the adaptive weight's layer
     critic = _discriminator(model.image_size, model.channels, config.discriminator_width)
     critic_file = Path(checkpoint_dir) / "discriminator.weights.h5"
     if initial_epoch and critic_file.exists():
@@ -704,12 +715,11 @@ def _sharpen_decoder(model, train, val, config, checkpoint_dir, initial_epoch, p
             real = tf.cast(critic(_diff_augment(x, seed + 10), training=True), tf.float32)
             fake = tf.cast(critic(_diff_augment(tf.stop_gradient(generated), seed + 20), training=True), tf.float32)
             critic_loss = tf.reduce_mean(tf.nn.relu(1.0 - real)) + tf.reduce_mean(tf.nn.relu(1.0 + fake))
-        last = model.decoder_out.kernel
-        ratio = tf.norm(tf.cast(tape.gradient(l1, last), tf.float32)) / (
-            tf.norm(tf.cast(tape.gradient(fooling, last), tf.float32)) + 1e-4)
+        l1_gradients, fooling_gradients = tape.gradient(l1, decoder), tape.gradient(fooling, decoder)
+        ratio = tf.norm(tf.cast(l1_gradients[last], tf.float32)) / (
+            tf.norm(tf.cast(fooling_gradients[last], tf.float32)) + 1e-4)
         weight = tf.stop_gradient(tf.minimum(ratio, 1e4)) * config.adversarial_weight
-        gradients = [a + weight * tf.cast(b, a.dtype)
-                     for a, b in zip(tape.gradient(l1, decoder), tape.gradient(fooling, decoder))]
+        gradients = [a + weight * tf.cast(b, a.dtype) for a, b in zip(l1_gradients, fooling_gradients)]
         critic_gradients = tape.gradient(critic_loss, critic.trainable_variables)
         del tape
         optimizer_g.apply_gradients(zip(gradients, decoder))
@@ -757,16 +767,9 @@ def _sharpen_decoder(model, train, val, config, checkpoint_dir, initial_epoch, p
             nll, kl = snapshot.negative_elbo(val[:256], sample=False)
             writer.writerow([epoch, *(sums / (i + 1)), float(np.mean(np.asarray(nll) + np.asarray(kl)))])
             log.flush()
-            snapshot.save(Path(checkpoint_dir) / "last.tmp.keras")
-            os.replace(Path(checkpoint_dir) / "last.tmp.keras", Path(checkpoint_dir) / "last.keras")
             critic.save_weights(critic_file)
-            state = {"epoch": epoch + 1, "wall_time_seconds": previous_wall + time.time() - start}
-            (Path(checkpoint_dir) / "state.json").write_text(json.dumps(state))
-            sheet = contact_sheet(decode_latents(snapshot, grid_z), columns=8)
-            from PIL import Image
-
-            Image.fromarray(sheet[..., 0] if sheet.shape[-1] == 1 else sheet).save(
-                Path(checkpoint_dir) / f"samples_epoch{epoch + 1:03d}.png")
+            _save_last(snapshot, checkpoint_dir, epoch, previous_wall + time.time() - start)
+            _save_sample_sheet(snapshot, grid_z, checkpoint_dir, epoch)
             if not progress:
                 print(f"epoch {epoch + 1}/{config.epochs}: l1 {sums[0] / (i + 1):.4f} critic {sums[2] / (i + 1):.3f} "
                       f"weight {sums[3] / (i + 1):.4f}", flush=True)

@@ -323,7 +323,7 @@ def test_target_bpp_with_refinement_takes_the_next_quality_up_when_its_refined_f
 
     monkeypatch.setattr(session_module, "refine_latents", shrinking)
     image, model = smooth_image(128, 128, seed=8), str(codec_file)
-    bpp = lambda data: 8 * len(data) / image[..., 0].size  # noqa: E731
+    bpp = lambda data: 8 * len(data) / image[..., 0].size
     plain = {q: bpp(imageae.compress(image, quality=q, model=model)) for q in (1, 2)}
     small = imageae.compress(image, quality=2, model=model, refine_steps=1)
     budget = max(plain[1], bpp(small))

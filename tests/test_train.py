@@ -250,7 +250,7 @@ def test_adversarial_weight_trains_only_the_decoder_and_keeps_the_mixture(traine
     assert not np.allclose(source.decoder_out.get_weights()[0], tuned.decoder_out.get_weights()[0])
     # still a decoder: reconstructions of the training patterns stay close to what they were
     images = np.load(root / "patterns.npz")["arr_0"][..., None].astype(np.float32) / 255.0
-    error = lambda m: float(np.mean(np.abs(np.asarray(m(images)) - images)))  # noqa: E731
+    error = lambda m: float(np.mean(np.abs(np.asarray(m(images)) - images)))
     assert error(tuned) < 2 * error(source) + 0.05
     card = json.loads(output.with_suffix(".json").read_text())
     assert card["training"]["config"]["adversarial_weight"] == 0.5 and card["training"]["epochs_run"] == 2

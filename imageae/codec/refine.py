@@ -26,7 +26,7 @@ noise relaxation used before SGA: 4-8 %), in about 10 s a photo on 2 CPU cores
 the one-pass encoder (first 24 BSDS500 val photos, all nine qualities; ``python
 benchmarks/compress.py --refine-steps 100 --limit 24 --out benchmarks/results/refine``).
 
-Noise is drawn from seeds fixed by the step number, so the same image, quality and steps give
+The random draws use seeds fixed by the step number, so the same image, quality and steps give
 the same bytes on one machine.
 """
 
@@ -131,21 +131,21 @@ def refine_latents(session, image, quality, steps, *, learning_rate=None, check_
     y0, z0 = _encoder_latents(session, image, quality)
     y, z = tf.Variable(y0), tf.Variable(z0)
 
-    def cost(y, z, noise_seed=None, temperature=None):
-        """bits per pixel + lambda MSE: with SGA's soft rounding when noise_seed is given, else
+    def cost(y, z, seed_pair=None, temperature=None):
+        """bits per pixel + lambda MSE: with SGA's soft rounding when seed_pair is given, else
         with hard rounding (the file's cost, up to the tables' integer precision)."""
-        if noise_seed is None:
+        if seed_pair is None:
             z_hat = tf.round(z)
             scales, means = model.y_scales_means(z_hat, q)
             y_hat = tf.round(y - means) + means
         else:
-            z_hat = annealed_round(z, temperature, noise_seed)
+            z_hat = annealed_round(z, temperature, seed_pair)
             scales, means = model.y_scales_means(z_hat, q)
-            y_hat = annealed_round(y - means, temperature, noise_seed + 1) + means
+            y_hat = annealed_round(y - means, temperature, seed_pair + 1) + means
         nats = -tf.reduce_sum(tf.math.log(model.entropy_bottleneck(z_hat)))
         nats -= tf.reduce_sum(tf.math.log(gaussian_likelihood(y_hat - means, scales)))
         x_hat = model._synthesize(y_hat, q)[:, :height, :width]
-        if noise_seed is None:
+        if seed_pair is None:
             x_hat = tf.clip_by_value(x_hat, 0.0, 1.0)
         if grey:
             x_hat = tf.reduce_mean(x_hat, axis=-1, keepdims=True)
