@@ -192,13 +192,14 @@ def is_imageae(codec):
     return codec == IMAGEAE or codec.startswith(IMAGEAE + " ")
 
 
-def load_codecs(specs, one_curve=False, refine_steps=0):
+def load_codecs(specs, one_curve=False, refine_steps=0, qualities=None):
     """[(curve, name, quality, session, lmbda, refine_steps)]: every quality of every codec in ``specs``
     (registered names or .keras files); names as the session writes them into files. Each model is
     its own curve ("imageae NAME") unless ``one_curve``; two models of the same name are refused,
     since their curves and their files could not be told apart. With ``refine_steps``, each model
     has a second curve, "imageae NAME refineN": the same model, encoding with N steps of latent
-    refinement (``compress_array(..., refine_steps=N)``)."""
+    refinement (``compress_array(..., refine_steps=N)``). ``qualities``: only these of each model
+    (default: all); ValueError names one a model does not have."""
     from imageae.api import codec_session
 
     settings, names = [], {}
@@ -209,9 +210,12 @@ def load_codecs(specs, one_curve=False, refine_steps=0):
                              "(a .keras file is named after its file name): rename one of the files")
         names[session.name] = spec
         curve_name = IMAGEAE if one_curve else f"{IMAGEAE} {session.name}"
+        chosen = range(1, session.num_qualities + 1) if qualities is None else sorted(set(qualities))
+        for quality in chosen:
+            session.model.check_quality(quality)
         for steps in (0, refine_steps) if refine_steps else (0,):
             curve = curve_name + (f" refine{steps}" if steps else "")
-            for quality in range(1, session.num_qualities + 1):
+            for quality in chosen:
                 settings.append((curve, session.name, quality, session, session.model.lambdas[quality - 1], steps))
     return settings
 
@@ -624,6 +628,9 @@ def parse_args(argv=None):
     p.add_argument("--refine-steps", type=int, default=0, metavar="N",
                    help="also measure each model encoding with N steps of latent refinement, as a second curve "
                         "'imageae NAME refineN' (slow: N x about 0.65 s per Mpixel per image and quality)")
+    p.add_argument("--qualities", type=int_list, metavar="Q,Q,...",
+                   help="only these qualities of each model, e.g. 1,3,5,7,9 to halve a refined run (default: all; "
+                        "BD-rates then fit the curve through fewer points)")
     p.add_argument("--codecs", nargs="+", choices=["jpeg", "webp", "jp2"], default=["jpeg", "webp", "jp2"],
                    help="baselines to measure (default: all three)")
     p.add_argument("--jpeg-qualities", type=int_list, default=list(JPEG_QUALITIES),
@@ -657,7 +664,7 @@ def main(argv=None):
     codecs = []
     if args.model != ["none"]:
         try:
-            codecs = load_codecs(args.model, args.one_curve, args.refine_steps)
+            codecs = load_codecs(args.model, args.one_curve, args.refine_steps, args.qualities)
         except (ValueError, FileNotFoundError) as error:
             parser.error(f"{error}. Pass codec names from 'imageae models' or .keras files of HyperpriorCodec models")
     else:

@@ -361,6 +361,14 @@ def test_compress_benchmark_measures_a_refined_curve_beside_the_plain_one(codec_
     assert "model_estimate_gap_pct" not in refined[0]
     assert "refine5: the same models and files" in (tmp_path / "compress.md").read_text()
 
+    common = ["--model", str(codec_file), "--data", str(photos), "--codecs", "jpeg", "--skip-ms-ssim"]
+    assert compress.main([*common, "--qualities", "2", "--out", str(tmp_path / "q2")]) == 0
+    result = json.loads((tmp_path / "q2" / "compress.json").read_text())
+    assert [p["setting"] for p in result["points"] if p["codec"].startswith("imageae")] == ["tiny-codec q2"]
+    with pytest.raises(SystemExit) as exit_info:
+        compress.main([*common, "--qualities", "1,3", "--out", str(tmp_path / "q3")])
+    assert exit_info.value.code == 2
+
 
 def test_annealed_rounding_tends_to_rounding_and_is_differentiable_and_seeded():
     import tensorflow as tf
