@@ -210,9 +210,8 @@ def load_codecs(specs, one_curve=False, refine_steps=0, qualities=None):
                              "(a .keras file is named after its file name): rename one of the files")
         names[session.name] = spec
         curve_name = IMAGEAE if one_curve else f"{IMAGEAE} {session.name}"
-        chosen = range(1, session.num_qualities + 1) if qualities is None else sorted(set(qualities))
-        for quality in chosen:
-            session.model.check_quality(quality)
+        chosen = (range(1, session.num_qualities + 1) if qualities is None
+                  else [session.check_quality(q) for q in sorted(set(qualities))])
         for steps in (0, refine_steps) if refine_steps else (0,):
             curve = curve_name + (f" refine{steps}" if steps else "")
             for quality in chosen:
@@ -627,7 +626,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0, help="first N images only, for smoke tests (default: all)")
     p.add_argument("--refine-steps", type=int, default=0, metavar="N",
                    help="also measure each model encoding with N steps of latent refinement, as a second curve "
-                        "'imageae NAME refineN' (slow: N x about 0.65 s per Mpixel per image and quality)")
+                        "'imageae NAME refineN' (slow: N x about 0.7 s per Mpixel per image and quality)")
     p.add_argument("--qualities", type=int_list, metavar="Q,Q,...",
                    help="only these qualities of each model, e.g. 1,3,5,7,9 to halve a refined run (default: all; "
                         "BD-rates then fit the curve through fewer points)")
