@@ -182,8 +182,14 @@ def test_shipped_denoiser_export_gives_the_same_pixels_as_the_api(name, shipped_
     x = np.zeros((1, 16, 16, 1 if name == "denoise-grey" else 3), np.float32)
     out = _run_client({"path": str(target), "images_bytes": [_png(noisy).hex()], "float": x.tolist()})
     assert out["modules"] == []
-    served = np.asarray(Image.open(io.BytesIO(bytes.fromhex(out["pngs"][0]))))
-    np.testing.assert_array_equal(served, imageae.denoise(noisy, model=name, precision="float32"))
+    served = np.asarray(Image.open(io.BytesIO(bytes.fromhex(out["pngs"][0])))).astype(np.int16)
+    local = imageae.denoise(noisy, model=name, precision="float32").astype(np.int16)
+    # Both run the network in float32, but as different graphs (TensorFlow fuses and orders the
+    # ops of the SavedModel its own way), so a value within float rounding of a .5 can round to
+    # the next grey level on one side: allow that, at a few pixels in ten thousand, no more.
+    assert served.shape == local.shape
+    assert np.abs(served - local).max() <= 1
+    assert np.count_nonzero(served != local) <= max(1, served.size // 2000)
 
 
 @pytest.mark.slow
