@@ -55,12 +55,18 @@ class DecodedImage:
         8 or 16.
     format : str
         Pillow format name of the source ("PNG", "JPEG", ...).
+    icc_profile : bytes or None
+        The source's embedded ICC colour profile, to be written back with the result.
+    exif : bytes or None
+        The source's EXIF block (orientation reset to 1 once it has been applied).
     """
 
     pixels: np.ndarray
     alpha: np.ndarray | None
     bit_depth: int
     format: str
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
 
     @property
     def channels(self):
