@@ -12,6 +12,18 @@ from imageae.data.io import WRITE_FORMATS, from_float, output_format, write_imag
 _FLOAT_LIMIT = 4.0
 
 
+def check_int(name, value, *, minimum=None, maximum=None):
+    """``value`` as an int, or a TypeError/ValueError naming ``name``, what was given and the range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be a whole number, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        allowed = (f"{minimum}..{maximum}" if maximum is not None else f"at least {minimum}") if minimum is not None \
+            else f"at most {maximum}"
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
 def _pick_model(model, channels):
     if model in (None, "auto"):
         return "denoise-grey" if channels == 1 else "denoise-colour"
@@ -37,6 +49,8 @@ class Denoiser:
     """
 
     def __init__(self, model="auto", *, precision="auto", tile=1024, batch_size=4, self_ensemble=False):
+        check_int("tile", tile, minimum=1)
+        check_int("batch_size", batch_size, minimum=1)
         self.model = model
         self.precision = precision
         self.tile = tile
@@ -253,6 +267,8 @@ def denoise_folder(
 
     if ext is not None:
         output_format(None, ext)  # validates the extension up front
+    check_int("quality", quality, minimum=1, maximum=100)
+    denoiser = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size, self_ensemble=self_ensemble)
     report = FolderReport()
     tasks = plan_outputs(inputs, output, suffix_for=_suffix_for(ext), overwrite=overwrite, report=report)
     ensure_output_dir(output)

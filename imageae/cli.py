@@ -183,7 +183,8 @@ def build_parser():
         epilog="Run 'imageae COMMAND --help' for each command's options and examples.",
     )
     parser.add_argument("--version", action="version", version=f"imageae {_version()}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Not required here: main() says "a COMMAND is required" only after naming any unknown flag.
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = commands.add_parser(
         "denoise", help="remove noise from images (files or folders)", description="Remove noise from images.",
@@ -291,7 +292,7 @@ def build_parser():
 
     p = commands.add_parser("train", help="train or fine-tune a model on your own images",
                             description="Train or fine-tune a model.")
-    train = p.add_subparsers(dest="family", metavar="MODEL", required=True)
+    train = p.add_subparsers(dest="family", metavar="MODEL")  # required: checked in main()
     t = train.add_parser(
         "denoiser", help="a blind Gaussian denoiser", description="Train a blind Gaussian denoiser.",
         epilog=_EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -573,35 +574,6 @@ def _cmd_train(args):
     return EXIT_OK
 
 
-def _quiet_tensorflow_import():
-    """Import TensorFlow with its start-up chatter (oneDNN, CUDA probing) kept off the terminal.
-
-    TensorFlow logs those lines from C++ before its log level applies, so stderr is pointed at
-    /dev/null for the import only; an import error is still raised (and shown) as usual.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        saved = os.dup(2)
-    except OSError:
-        saved = None
-    if saved is None:
-        import tensorflow  # noqa: F401
-
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        sys.stderr.flush()
-        os.dup2(devnull, 2)
-        import keras  # noqa: F401
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 # `imageae train vae` options that default to the --init model's own values, else to these.
 _VAE_MODEL_DEFAULTS = {"size": 64, "channels": 3, "latent_dim": 128, "filters": "32,64,128,256",
                        "likelihood": "gaussian", "gaussian_sigma": 0.1, "beta": 1.0, "mixture_components": "auto"}
@@ -666,14 +638,40 @@ def _cmd_train_codec(args):
     return EXIT_OK
 
 
+def _subcommand_parser(parser, args):
+    """The (sub)parser of the deepest command given (imageae, imageae denoise, imageae train vae, ...)."""
+    for dest in ("command", "family"):
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not actions or getattr(args, dest, None) is None:
+            break
+        parser = actions[0].choices[getattr(args, dest)]
+    return parser
+
+
+def _parse(parser, argv):
+    """Parse like ``parse_args``, but an unknown flag is named by the command it was given to
+    (not hidden behind "COMMAND required"), and a missing command is named with the choices."""
+    args, extras = parser.parse_known_args(argv)
+    deepest = _subcommand_parser(parser, args)
+    if extras:
+        deepest.error(f"unrecognized arguments: {' '.join(extras)} (see '{deepest.prog} --help')")
+    actions = [a for a in deepest._actions if isinstance(a, argparse._SubParsersAction)]
+    if actions:
+        deepest.error(f"a {actions[0].metavar} is required, one of: {', '.join(actions[0].choices)} "
+                      f"(see '{deepest.prog} --help')")
+    return args
+
+
 def main(argv=None):
     """Run the imageae command line; returns the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    _quiet_tensorflow_import()
+    from imageae.runtime import import_tensorflow
+
+    import_tensorflow()
     handlers = {
         "denoise": _cmd_denoise, "generate": _cmd_generate, "interpolate": _cmd_interpolate,
         "reconstruct": _cmd_reconstruct, "export": _cmd_export, "models": _cmd_models, "train": _cmd_train,

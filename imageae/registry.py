@@ -144,6 +144,9 @@ _cache = {}
 
 def load_model(name_or_path, *, job):
     """Load (once per process) a registered model or a .keras file for ``job``."""
+    from imageae.runtime import import_tensorflow
+
+    import_tensorflow()  # quietly, before Keras pulls it in
     import keras
 
     import imageae.layers.blocks  # noqa: F401  (registers the custom layers)

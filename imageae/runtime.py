@@ -1,8 +1,69 @@
 """Device and numeric-precision choices, made once per process."""
 
 import os
+import re
+import sys
+import tempfile
 
 _PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+# TensorFlow's start-up chatter: printed from C++ at import and at the first device probe, partly
+# before its log level applies. None of it is actionable for imageae's users.
+_CHATTER = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations|Could not find cuda drivers|"
+    r"cpu_feature_guard|To enable the following instructions|rebuild TensorFlow with the appropriate compiler|"
+    r"failed call to cuInit|Unable to register cu(DNN|FFT|BLAS)|computation placer already registered|"
+    r"TF-TRT Warning|This TensorFlow binary is optimized"
+)
+
+
+def import_tensorflow():
+    """Import Keras and TensorFlow with their start-up chatter kept off the terminal.
+
+    Every imageae entry point (the CLI, model loading, folder jobs) comes through here first.
+    TensorFlow prints its oneDNN / CUDA-probing lines from C++ before its log level applies, so
+    stderr is captured for the import and the first device probe, and only lines that are not
+    that known chatter are printed back: real errors still show, and an import error is raised
+    as usual. Set ``TF_CPP_MIN_LOG_LEVEL`` yourself to see everything TensorFlow says.
+    """
+    if "tensorflow" in sys.modules:
+        import tensorflow
+
+        return tensorflow
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ:  # the user chose what to see
+        import keras  # noqa: F401
+        import tensorflow
+
+        return tensorflow
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # after start-up: errors only
+    try:
+        saved = os.dup(2)
+    except OSError:
+        saved = None
+    if saved is None:
+        import keras  # noqa: F401
+        import tensorflow
+
+        return tensorflow
+    with tempfile.TemporaryFile() as captured:
+        try:
+            sys.stderr.flush()
+            os.dup2(captured.fileno(), 2)
+            import keras  # noqa: F401
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # the CUDA probe, while captured
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text = captured.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines() if line.strip() and not _CHATTER.search(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+    return tensorflow
 
 
 def cpu_has_bf16():

@@ -10,9 +10,12 @@ needed to write the result back in the input's format, mode and bit depth.
 """
 
 import dataclasses
+import errno
 import io
 import os
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -77,17 +80,22 @@ class DecodedImage:
         return self.pixels.astype(np.float32) / float(2**self.bit_depth - 1)
 
 
-def find_images(inputs, *, recursive=True, extensions=IMAGE_EXTENSIONS):
+def find_images(inputs, *, recursive=True, extensions=IMAGE_EXTENSIONS, problems=None):
     """List the image files (or other files, by ``extensions``) named by ``inputs``.
 
     Parameters
     ----------
     inputs : path or sequence of paths
         Files and folders. A folder contributes every file below it (recursively by
-        default) whose extension, in any case, is one of ``extensions`` (lower case;
-        default :data:`IMAGE_EXTENSIONS`). A file
-        named explicitly is listed whatever its extension, so that a bad one is reported
-        rather than silently skipped.
+        default, following links to folders) whose extension, in any case, is one of
+        ``extensions`` (lower case; default :data:`IMAGE_EXTENSIONS`). A file named
+        explicitly is listed whatever its extension, so that a bad one is reported rather
+        than silently skipped.
+    problems : list or None
+        Where to append ``(path, reason)`` for what cannot be listed: a named input that does
+        not exist, a broken link or a link loop (named, or below a folder with a matching
+        extension), a folder that cannot be read. Without it, a missing named input raises
+        and problems below folders are reported in one warning.
 
     Returns
     -------
@@ -98,25 +106,83 @@ def find_images(inputs, *, recursive=True, extensions=IMAGE_EXTENSIONS):
 
     Raises
     ------
+    ValueError
+        If an input is an empty string (it would otherwise mean the working folder).
     FileNotFoundError
-        If an input does not exist.
+        If an input does not exist and ``problems`` is None.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    inputs = list(inputs)
+    for item in inputs:
+        if not os.fspath(item).strip():
+            raise ValueError("an input path is empty; name a file or folder (use '.' for the working folder)")
+    collect = [] if problems is None else problems
     found = []
     for item in inputs:
         root = Path(item)
         if root.is_dir():
-            pattern = root.rglob("*") if recursive else root.glob("*")
-            files = sorted(
-                p for p in pattern if p.is_file() and p.suffix.lower() in extensions
-            )
+            files = sorted(_walk(root, recursive, extensions, collect))
             found.extend((p, p.relative_to(root)) for p in files)
         elif root.is_file():
             found.append((root, Path(root.name)))
+        elif problems is None:
+            raise FileNotFoundError(f"no such file or folder: {item}" + _link_problem(root, prefix=" ("))
         else:
-            raise FileNotFoundError(f"no such file or folder: {item}")
+            problems.append((str(item), "no such file or folder" + _link_problem(root, prefix=" (")))
+    if problems is None and collect:
+        import warnings
+
+        warnings.warn("skipped " + "; ".join(f"{path}: {reason}" for path, reason in collect), stacklevel=2)
     return found
+
+
+def _link_problem(path, *, prefix=""):
+    """Why a path that is neither file nor folder is so, if it is a link ('' otherwise)."""
+    if not path.is_symlink():
+        return ""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    try:
+        path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{prefix}a symbolic link loop via {target}" + (")" if prefix else "")
+    return f"{prefix}a broken symbolic link to {target}" + (")" if prefix else "")
+
+
+def _walk(root, recursive, extensions, problems):
+    """Files below ``root`` with a matching extension; links followed once, problems named."""
+    seen = set()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            status = folder.stat()
+            entries = list(os.scandir(folder))
+        except OSError as error:
+            problems.append((str(folder), f"cannot list folder: {error.strerror or error}"))
+            continue
+        if (status.st_dev, status.st_ino) in seen:
+            problems.append((str(folder), "a link to a folder already searched (a loop); skipped"))
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                if recursive:
+                    pending.append(path)
+            elif path.suffix.lower() in extensions:
+                if is_file:
+                    yield path
+                elif entry.is_symlink():
+                    problems.append((str(path), "skipped: " + _link_problem(path)))
 
 
 def _exif_orientation(img):

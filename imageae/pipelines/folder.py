@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class FolderReport:
     failed: list = dataclasses.field(default_factory=list)  # (path, reason)
     pixels: int = 0
     seconds: float = 0.0
+    notes: list = dataclasses.field(default_factory=list)  # things the user should know, one line each
 
     @property
     def ok(self):
@@ -44,9 +46,11 @@ class FolderReport:
         lines = [
             f"{verb} {len(self.written)} file(s), skipped {len(self.skipped)} existing, "
             f"failed {len(self.failed)}"
-            + (f" ({self.pixels / 1e6 / self.seconds:.2f} Mpixel/s)" if self.seconds and self.pixels else "")
+            + (f" in {self.seconds:.1f} s ({self.pixels / 1e6 / self.seconds:.2f} Mpixel/s end to end, "
+               "model loading and file decoding/writing included)" if self.seconds and self.pixels else "")
         ]
         lines += [f"  FAILED {path}: {reason}" for path, reason in self.failed]
+        lines += [f"  note: {note}" for note in self.notes]
         if self.skipped:
             lines.append("  (existing outputs were kept; --overwrite replaces them)")
         return "\n".join(lines)
@@ -58,22 +62,58 @@ class _Task:
     target: Path
 
 
+class NoInputsError(ValueError):
+    """A folder job found nothing to work on; the message says where it looked and for what."""
+
+
 def plan_outputs(inputs, output_dir, *, suffix_for, overwrite=False, report=None, extensions=IMAGE_EXTENSIONS):
     """Pair each input file with its output path; refuse collisions and input overwrites.
 
     ``suffix_for(path)`` gives the output extension for an input path; folders contribute
-    the files whose extension is in ``extensions``.
+    the files whose extension is in ``extensions``. Named inputs that do not exist, broken
+    links and link loops go to ``report.failed`` with the reason.
+
+    Raises
+    ------
+    ValueError
+        For an empty output path.
+    FileNotFoundError
+        When no named input exists at all.
+    NoInputsError
+        When the inputs hold no file to work on (an empty folder, or only other kinds of files).
     """
+    if not os.fspath(output_dir).strip():
+        raise ValueError("the output folder is empty ('-o \"\"'); name a folder (use '.' for the working folder)")
     output_dir = Path(output_dir)
     out_resolved = output_dir.resolve()
     if output_dir.exists() and not output_dir.is_dir():
         raise NotADirectoryError(f"output path {output_dir} exists and is not a folder")
-    input_roots = {Path(i).resolve() for i in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)}
-    # An earlier run's outputs inside an input folder are not inputs.
-    found = [
-        (p, r) for p, r in find_images(inputs, extensions=extensions)
-        if not (out_resolved in p.resolve().parents and out_resolved not in input_roots)
-    ]
+    named = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    problems = []
+    listed = find_images(named, extensions=extensions, problems=problems)
+    if not any(Path(i).exists() for i in named):  # nothing named exists: a usage error, not a file failure
+        raise FileNotFoundError("; ".join(f"{reason}: {path}" for path, reason in problems))
+    report.failed.extend(problems)
+    # An earlier run's outputs inside an input folder are not inputs: files found by walking a
+    # folder that holds the output folder, and lying below the output folder, are left out.
+    holders = [Path(i).resolve() for i in named if Path(i).is_dir()]
+    holders = [h for h in holders if h in out_resolved.parents]
+    named_files = {Path(i).resolve() for i in named if Path(i).is_file()}
+    found, ignored = [], 0
+    for p, r in listed:
+        resolved = p.resolve()
+        if holders and out_resolved in resolved.parents and resolved not in named_files:
+            ignored += 1
+            continue
+        found.append((p, r))
+    if ignored:
+        report.notes.append(f"{ignored} file(s) below the output folder {output_dir} were not taken as inputs")
+    if not found and not report.failed:
+        kinds = "/".join(extensions)
+        where = ", ".join(map(str, named))
+        raise NoInputsError(f"found no {kinds} files in {where}, so there is nothing to do"
+                            + " (files are matched by extension, in any case"
+                            + (f"; {ignored} below the output folder were left out" if ignored else "") + ")")
     sources = {p.resolve() for p, _ in found}
     tasks, targets = [], {}
     for path, relative in found:
@@ -100,7 +140,9 @@ def decoded_images(tasks, decode=read_image, *, parallel=2):
     the decoders on its thread pool and prefetches one element ahead, which bounds memory
     for very large images.
     """
-    import tensorflow as tf
+    from imageae.runtime import import_tensorflow
+
+    tf = import_tensorflow()
 
     results = {}
 
@@ -185,9 +227,19 @@ def running_job(report, total, *, desc, progress=None):
     report.seconds = time.perf_counter() - start
 
 
+class OutputFolderError(OSError):
+    """The output folder cannot be made; the message names it and says why."""
+
+
 def ensure_output_dir(path):
+    """Create the output folder ``path`` (and its parents); a clear error if that cannot be done."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"output path {path} exists and is not a folder")
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".imageae-probe.", delete=True)  # writable?
+        probe.close()
+    except OSError as error:
+        raise OutputFolderError(f"cannot write to the output folder {path}: {error.strerror or error}") from None
     return path
