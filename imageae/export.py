@@ -31,6 +31,15 @@ VAE
     ``imageae.generate(..., sampler="gmm")`` does; ``generate_prior`` the same from N(0, I);
     ``encode``: ``images`` (float32 [N, S, S, C]) -> ``z_mean``, ``z_log_var``;
     ``decode``: ``z`` (float32 [N, latent_dim]) -> ``images`` (float32 on 0..1).
+    Everything runs in float32 and in model calls of the same fixed size as the Python API's
+    (whose VAE precision is float32 unless asked otherwise), so for a seed the served images
+    are ``imageae.generate``'s byte for byte, and ``encode``/``decode`` give
+    ``imageae.reconstruct``'s numbers, on the same machine and TensorFlow build. (Another CPU
+    or a GPU may round a float32 sum differently: then a pixel can differ by one grey level.)
+digit classifier (the feature space of the digit FID/KID benchmark)
+    ``serving_default``: ``images`` (float32 [N, 28, 28, 1] on 0..1, white digit on black as
+    in MNIST) -> ``logits``, ``probabilities`` (float32 [N, 10]), ``labels`` (int32 [N]) and
+    ``features`` (float32 [N, 128], the FID/KID features).
 """
 
 import os
@@ -75,15 +84,34 @@ def _vae_archive(model):
     import keras
     import tensorflow as tf
 
-    from imageae.generation import mixture_of, sample_latents_tf
+    from imageae.generation import MAX_TEMPERATURE, mixture_of, run_in_blocks_tf, sample_latents_tf
+
+    size, channels, latent_dim = model.image_size, model.channels, model.latent_dim
+    image_spec = tf.TensorSpec([size, size, channels], tf.float32)
+    latent_spec = tf.TensorSpec([latent_dim], tf.float32)
+
+    # Every model call runs on blocks of imageae.generation.DECODE_BLOCK rows, as the Python
+    # API's do, so the served numbers are the API's to the bit (float32 on both sides).
+    def decode(z):
+        return run_in_blocks_tf(lambda block: (model.decode(block),), z, (image_spec,))[0]
 
     def to_png(images):
         pixels = tf.cast(tf.clip_by_value(tf.round(images * 255.0), 0.0, 255.0), tf.uint8)
         return tf.map_fn(tf.io.encode_png, pixels, fn_output_signature=tf.string)
 
     def generate(seed, count, temperature, mixture):
-        z = sample_latents_tf(count, model.latent_dim, seed, temperature, mixture)
-        return {"images_bytes": to_png(model.decode(z))}
+        # The API refuses these with a clear error; a server cannot, so it fails the request.
+        checks = [
+            tf.debugging.assert_non_negative(seed, message="seed must be a whole number in 0..2**63-1"),
+            tf.debugging.assert_non_negative(count, message="count must be >= 0"),
+            tf.debugging.Assert(
+                tf.logical_and(temperature > 0.0, temperature <= MAX_TEMPERATURE),
+                ["temperature must be positive and at most", MAX_TEMPERATURE, "got", temperature],
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            z = sample_latents_tf(count, latent_dim, seed, temperature, mixture)
+        return {"images_bytes": to_png(decode(z))}
 
     scalars = [
         tf.TensorSpec([], tf.int64, name="seed"),
@@ -102,16 +130,43 @@ def _vae_archive(model):
     )
 
     def encode(images):
-        mean, log_var = model.encode(images)
+        mean, log_var = run_in_blocks_tf(model.encode, images, (latent_spec, latent_spec))
         return {"z_mean": mean, "z_log_var": log_var}
 
-    size, channels = model.image_size, model.channels
     archive.add_endpoint(
         "encode", encode, input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32, name="images")]
     )
     archive.add_endpoint(
-        "decode", lambda z: {"images": model.decode(z)},
-        input_signature=[tf.TensorSpec([None, model.latent_dim], tf.float32, name="z")],
+        "decode", lambda z: {"images": decode(z)},
+        input_signature=[tf.TensorSpec([None, latent_dim], tf.float32, name="z")],
+    )
+    return archive
+
+
+def _classifier_archive(model):
+    import keras
+    import tensorflow as tf
+
+    from imageae.generation import run_in_blocks_tf
+
+    size = 28  # the digit classifier's input (MNIST)
+    feature_spec = tf.TensorSpec([model.feature_dim], tf.float32)
+    logit_spec = tf.TensorSpec([10], tf.float32)
+
+    def classify(images):
+        def run(block):
+            features = model.features(block)
+            return features, model.logits(features)
+
+        features, logits = run_in_blocks_tf(run, images, (feature_spec, logit_spec))
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits),
+                "labels": tf.argmax(logits, axis=-1, output_type=tf.int32), "features": features}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", classify,
+        input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name="images")],
     )
     return archive
 
@@ -203,6 +258,7 @@ def export_saved_model(model, directory, *, version=1, name=None):
     PosixPath('/tmp/serving/denoise-grey/1')
     """
     from imageae import registry
+    from imageae.models.classifier import DigitClassifier
     from imageae.models.codec import HyperpriorCodec
     from imageae.models.denoiser import DenoiserUNet
     from imageae.models.vae import ConvVAE
@@ -219,6 +275,8 @@ def export_saved_model(model, directory, *, version=1, name=None):
         archive = _vae_archive(loaded)
     elif isinstance(loaded, HyperpriorCodec):
         archive = _codec_archive(loaded)
+    elif isinstance(loaded, DigitClassifier):
+        archive = _classifier_archive(loaded)
     else:
         raise ValueError(f"{path}: cannot export a {type(loaded).__name__} (no serving signatures defined)")
     target = Path(directory) / (name or (entry.name if entry else Path(path).stem)) / str(int(version))

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import build_tiny_vae
+import imageae.generation
 from imageae.generation import (
-    contact_sheet, fit_mixture, interpolate_latents, mixture_log_likelihood, sample_latents, select_mixture,
+    contact_sheet, decode_latents, fit_mixture, interpolate_latents, iter_samples, mixture_log_likelihood,
+    run_in_blocks, run_in_blocks_tf, sample_latents, select_mixture,
 )
 
 
@@ -94,9 +96,13 @@ def test_zero_latents_is_an_empty_batch(vae):
     "kwargs, message",
     [
         (dict(sampler="uniform"), "sampler must be one of normal, gmm, got 'uniform'"),
-        (dict(temperature=0.0), "temperature must be positive, got 0.0"),
+        (dict(temperature=0.0), "temperature must be positive and at most 100 .*, got 0.0"),
         (dict(temperature=-1.0), "temperature must be positive"),
-        (dict(temperature=math.nan), "temperature must be positive"),
+        (dict(temperature=math.nan), "temperature must be positive.*got nan"),
+        (dict(temperature=math.inf), "temperature must be positive.*got inf"),
+        (dict(temperature=101.0), "at most 100"),
+        (dict(seed=2**63), r"seed must be a whole number in 0..2\*\*63-1 \(9223372036854775807\), got 9223372036854775808"),
+        (dict(seed=-1), r"seed must be a whole number in 0..2\*\*63-1"),
         (dict(n=-1), "n must be >= 0, got -1"),
     ],
 )
@@ -104,6 +110,58 @@ def test_bad_sampler_temperature_or_count_is_refused(vae, kwargs, message):
     n = kwargs.pop("n", 4)
     with pytest.raises(ValueError, match=message):
         sample_latents(vae, n, **kwargs)
+
+
+@pytest.mark.parametrize("seed", [1.5, None, "3", True, np.float64(2.0)])
+def test_a_seed_that_is_not_a_whole_number_is_refused_not_rounded(vae, seed):
+    # 1.5 used to give seed 1's latents, and None TensorFlow's internal message
+    with pytest.raises(TypeError, match=r"seed must be a whole number in 0..2\*\*63-1, got"):
+        sample_latents(vae, 2, seed=seed)
+
+
+def test_the_largest_seed_works_and_numpy_integers_are_seeds(vae):
+    assert sample_latents(vae, 2, seed=2**63 - 1).shape == (2, 3)
+    np.testing.assert_array_equal(sample_latents(vae, 2, seed=np.int64(5)), sample_latents(vae, 2, seed=5))
+
+
+@pytest.mark.parametrize("sampler", ["normal", "gmm"])
+def test_latents_of_an_image_do_not_depend_on_the_range_asked_for(vae, sampler, monkeypatch):
+    # Blocks of 8 here (1024 in use), so ranges cross several block boundaries.
+    monkeypatch.setattr(imageae.generation, "SAMPLE_BLOCK", 8)
+    whole = sample_latents(vae, 30, seed=9, sampler=sampler)
+    for start, n in [(0, 5), (3, 11), (8, 8), (7, 23), (29, 1)]:
+        np.testing.assert_array_equal(sample_latents(vae, n, seed=9, sampler=sampler, start=start),
+                                      whole[start : start + n])
+    assert sample_latents(vae, 0, seed=9, sampler=sampler, start=13).shape == (0, 3)
+
+
+def test_streamed_samples_are_the_same_images_for_every_batch_size(monkeypatch):
+    monkeypatch.setattr(imageae.generation, "SAMPLE_BLOCK", 16)
+    model = build_tiny_vae(seed=3)
+    whole = decode_latents(model, sample_latents(model, 40, seed=2, temperature=0.7))
+    for batch_size in (1, 7, 16, 64):
+        batches = list(iter_samples(model, 40, seed=2, temperature=0.7, batch_size=batch_size))
+        assert [len(b) for b in batches[:-1]] == [batch_size] * (len(batches) - 1)
+        np.testing.assert_array_equal(np.concatenate(batches), whole)
+    assert list(iter_samples(model, 0, seed=2)) == []
+
+
+def test_model_calls_run_on_fixed_size_blocks_in_eager_and_graph_code():
+    import tensorflow as tf
+
+    shapes = []
+
+    def fn(block):
+        shapes.append(tuple(block.shape))
+        return (block * 2.0,)
+
+    x = np.arange(10 * 3, dtype=np.float32).reshape(10, 3)
+    eager = np.concatenate([y for (y,) in run_in_blocks(fn, x, block=4)])
+    np.testing.assert_array_equal(eager, 2 * x)
+    assert shapes == [(4, 3)] * 3  # the last block padded to 4 rows
+    graph = tf.function(lambda t: run_in_blocks_tf(fn, t, (tf.TensorSpec([3], tf.float32),), block=4))
+    np.testing.assert_array_equal(graph(tf.constant(x))[0].numpy(), 2 * x)
+    np.testing.assert_array_equal(graph(tf.zeros([0, 3]))[0].numpy(), np.zeros((0, 3)))
 
 
 # -------------------------------------------------------------------------------- fit_mixture
