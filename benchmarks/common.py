@@ -38,17 +38,25 @@ def git_commit():
 # getrusage(RUSAGE_CHILDREN) taken by a benchmark would report the benchmark's own peak.
 _MEASURE = """
 import json, resource, subprocess, sys, time
+timeout = float(sys.argv[1]) or None
 start = time.perf_counter()
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+try:
+    done = subprocess.run(sys.argv[2:], capture_output=True, text=True, timeout=timeout)
+    rc, out, err = done.returncode, done.stdout, done.stderr
+except subprocess.TimeoutExpired as expired:  # killed and reaped: its peak RSS still counts
+    rc, out, err = "timeout", expired.stdout or "", expired.stderr or ""
+    out, err = [t.decode("utf-8", "replace") if isinstance(t, bytes) else t for t in (out, err)]
 seconds = time.perf_counter() - start
-print(json.dumps({"rc": done.returncode, "seconds": seconds, "stdout": done.stdout, "stderr": done.stderr[-4000:],
+print(json.dumps({"rc": rc, "seconds": seconds, "stdout": out[-4000:], "stderr": err[-4000:],
                   "maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))
 """
 
 
-def measure_subprocess(command, env=None):
-    """{rc, seconds (wall, start-up included), stdout, stderr, maxrss_kb} of ``command``."""
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *command], env=env, capture_output=True, text=True)
+def measure_subprocess(command, env=None, *, timeout=0):
+    """{rc, seconds (wall, start-up included), stdout, stderr, maxrss_kb} of ``command``; with a
+    ``timeout`` in seconds, a command still running then is killed and rc is "timeout"."""
+    done = subprocess.run([sys.executable, "-c", _MEASURE, str(float(timeout)), *command], env=env,
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"could not measure {command[:3]}: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
