@@ -127,19 +127,73 @@ def _as_array(image):
     except ImportError:  # pragma: no cover
         Image = None
     if Image is not None and isinstance(image, Image.Image):
-        mode = image.mode
-        if mode not in ("L", "RGB", "LA", "RGBA", "I;16", "I"):
-            image = image.convert("RGBA" if "A" in mode or "transparency" in image.info else "RGB")
-            mode = image.mode
-        array = np.asarray(image)
-        if mode in ("I;16", "I"):
-            array = array.astype(np.uint16)
-        x, back = _array_restorer(array)
-        # Pillow picks I;16 for uint16 arrays itself and rejects an explicit mode for them.
-        return x, lambda y: Image.fromarray(back(y)) if mode in ("I;16", "I") else Image.fromarray(back(y), mode=mode)
+        return _pil_as_array(image)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a numpy array or a PIL image, got {type(image).__name__}")
     return _array_restorer(image)
+
+
+# How imageae.denoise treats each Pillow mode (the docstring of denoise lists the same).
+_CONVERT_THROUGH_RGB = ("YCbCr", "HSV", "LAB", "RGBX")  # exact conversions Pillow can invert
+_PREMULTIPLIED = {"RGBa": "RGBA", "La": "LA"}
+
+
+def _pil_as_array(image):
+    """:func:`_as_array` for a PIL image: the pixels as a float array, and the same mode back.
+
+    Every mode either comes back in the same mode, or is refused with a ValueError saying
+    what to convert it to; nothing comes back silently in another mode or scale.
+    """
+    from PIL import Image
+
+    mode, size = image.mode, image.size
+    info = {key: image.info[key] for key in ("icc_profile", "exif") if image.info.get(key)}
+
+    def pil(make):
+        def restore(y):
+            out = make(y)
+            out.info.update(info)  # same mode, same colour space: the profile still applies
+            return out
+
+        return restore
+
+    if mode in ("L", "RGB", "LA", "RGBA"):
+        x, back = _array_restorer(np.asarray(image))
+        return x, pil(lambda y: Image.fromarray(back(y)))
+    if mode in _PREMULTIPLIED:
+        x, back = _array_restorer(np.asarray(image.convert(_PREMULTIPLIED[mode])))
+        return x, pil(lambda y: Image.fromarray(back(y)).convert(mode))
+    if mode in _CONVERT_THROUGH_RGB:
+        x, back = _array_restorer(np.asarray(image.convert("RGB")))
+        return x, pil(lambda y: Image.fromarray(back(y)).convert(mode))
+    if mode.startswith("I;16"):
+        array = np.asarray(image)  # byte order as stored: '<u2' or '>u2'
+        x, back = _array_restorer(array.astype(np.uint16))
+        return x, pil(lambda y: Image.frombytes(mode, size, back(y).astype(array.dtype).tobytes()))
+    if mode == "I":
+        array = np.asarray(image)
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 65535:
+            raise ValueError(f"mode 'I' images are denoised on the 16-bit scale 0..65535; this one holds values "
+                             f"from {low} to {high}. Scale it into 0..65535 first (or pass a float array on 0..1)")
+        x, back = _array_restorer(array.astype(np.uint16))
+        return x, pil(lambda y: Image.fromarray(back(y).astype(np.int32)))
+    if mode == "F":
+        x, back = _array_restorer(np.asarray(image, dtype=np.float32))
+        return x, pil(lambda y: Image.fromarray(back(y)))
+    if mode in ("P", "PA"):
+        raise ValueError(f"mode {mode!r} (palette) images are not denoised: putting the result back on a "
+                         "256-colour palette would undo the denoising. Convert it first, "
+                         "image.convert('RGBA' if it has transparency else 'RGB'); the result comes back in that mode")
+    if mode == "1":
+        raise ValueError("mode '1' (bilevel) images are not denoised: the result has grey levels that one bit "
+                         "cannot hold, and thresholding them would invent edges. Convert it first, image.convert('L'); "
+                         "the result comes back grey (threshold it yourself if you need one bit)")
+    if mode == "CMYK":
+        raise ValueError("mode 'CMYK' images are not denoised: the models work in RGB, and converting the result "
+                         "back to CMYK would move the black ink (K) into C, M and Y. Convert it to RGB first: "
+                         "image.convert('RGB'), or colour-managed with PIL.ImageCms.profileToProfile")
+    raise ValueError(f"PIL mode {mode!r} is not supported; convert the image to 'RGB', 'RGBA', 'L' or 'LA' first")
 
 
 def _array_restorer(array):
@@ -198,6 +252,24 @@ def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4, s
         (H, W) or (H, W, C) with C = 1, 3 (RGB), 2 or 4 (with alpha, passed through).
         uint8 and uint16 images are denoised at their bit depth; float images are on the
         0..1 scale and may be unclipped noisy data (values somewhat outside 0..1).
+        A PIL image comes back in its own mode, or is refused (ValueError saying what to
+        convert it to), by mode:
+
+        ===================================  =============================================
+        "L", "RGB", "LA", "RGBA"             8-bit, alpha passed through unchanged
+        "RGBa", "La" (premultiplied alpha)   un-premultiplied, denoised, premultiplied back
+        "YCbCr", "HSV", "LAB", "RGBX"        through RGB with Pillow's conversions and back
+                                             ("LAB": colours outside sRGB are clipped)
+        "I;16", "I;16L", "I;16B", "I;16N"    16-bit grey, byte order kept
+        "I" (32-bit integers)                16-bit scale 0..65535; other values refused
+        "F" (32-bit floats)                  the 0..1 scale, as float arrays; result 0..1
+        "P", "PA" (palette)                  refused: a palette would undo the denoising;
+                                             convert to "RGB"/"RGBA" first
+        "1" (bilevel)                        refused: convert to "L" first
+        "CMYK"                               refused: convert to "RGB" first
+        ===================================  =============================================
+
+        The ICC profile and EXIF in ``image.info`` are kept in the result's ``info``.
     model : str
         "auto" (grey or colour model by the image's channels), a registered name
         (``imageae models``) or a path to a .keras file.
@@ -512,15 +584,43 @@ def _codec_pixels(image):
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                raise ValueError("image has an alpha channel: the codec does not store alpha; "
-                                 "drop it (image.convert('RGB')) or keep the image as PNG")
-            image = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16", "I") else "RGB"))
+            image = _pil_codec_pixels(image)
     except ImportError:  # pragma: no cover - Pillow is a core dependency
         pass
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image must be a numpy array or a PIL image, got {type(image).__name__}")
     return image[:, :, None] if image.ndim == 2 else image
+
+
+def _pil_codec_pixels(image):
+    """The 8-bit grey or RGB pixels the codec stores for a PIL image (the policy compress lists)."""
+    from imageae.data.io import _cmyk_to_rgb, _is_grey
+
+    mode = image.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        raise ValueError(f"image has an alpha channel (mode {mode!r}): the codec does not store alpha; "
+                         "drop it (image.convert('RGB')) or keep the image as PNG")
+    if mode in ("L", "RGB"):
+        return np.asarray(image)
+    if mode == "1":
+        return np.asarray(image.convert("L"))
+    if mode == "P":
+        rgb = image.convert("RGB")
+        return np.asarray(rgb.convert("L") if _is_grey(rgb) else rgb)
+    if mode in ("YCbCr", "HSV", "LAB", "RGBX"):
+        return np.asarray(image.convert("RGB"))
+    if mode == "CMYK":
+        return np.asarray(_cmyk_to_rgb(image, image.info.get("icc_profile"))[0])
+    if mode.startswith("I"):
+        bits = 16 if mode.startswith("I;16") else 32
+        how = ("Image.fromarray((np.asarray(image) / 257).round().astype(np.uint8)), or keep it as a 16-bit PNG"
+               if bits == 16 else "scale it to 0..255 and pass it as a uint8 array")
+        raise ValueError(f"mode {mode!r} is a {bits}-bit grey image; the codec stores 8-bit images only. Reduce it "
+                         f"to 8 bits first: {how}")
+    if mode == "F":
+        raise ValueError("mode 'F' is a floating-point image; the codec stores 8-bit images only. Convert it to "
+                         "8 bits first: for 0..1 data pass np.round(np.clip(np.asarray(image), 0, 1) * 255).astype(np.uint8)")
+    raise ValueError(f"PIL mode {mode!r} is not supported; convert the image to 'RGB' or 'L' first")
 
 
 def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, refine_steps=0):
@@ -530,6 +630,12 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, refin
     ----------
     image : numpy.ndarray (uint8, (H, W), (H, W, 1) or (H, W, 3)) or PIL image
         Grey or RGB, any size. Alpha and 16-bit images are refused (ValueError), not reduced.
+        PIL images by mode: "L" and "RGB" as they are; "1" as grey 0/255; "P" as RGB (grey
+        when the palette is grey); "YCbCr", "HSV", "LAB", "RGBX" converted to RGB by Pillow;
+        "CMYK" converted to sRGB through its ICC profile when it has one, else by Pillow's
+        plain formula. Refused with a ValueError saying how to convert them: alpha ("RGBA",
+        "LA", "PA", "RGBa", "La", "P" with transparency), 16-bit ("I;16", "I;16L", "I;16B",
+        "I;16N"), 32-bit integer ("I") and float ("F") images.
     quality : int
         1 (smallest files) to the model's number of qualities (``imageae models`` lists
         them); default two thirds up the range (6 of 9 for codec-v4) when ``target_bpp`` is not

@@ -226,18 +226,25 @@ def test_webp_keeps_size_mode_and_alpha(tmp_path, mode):
     assert written.format == "WEBP" and written.mode == mode and written.size == (34, 21)
 
 
-def test_gif_reads_the_first_frame_and_is_written_as_png_by_default(tmp_path):
+def test_single_frame_gif_is_read_and_written_as_png_by_default(tmp_path):
     first = np.zeros((12, 20, 3), np.uint8)
     first[:, :10] = (255, 0, 0)
     first[:, 10:] = (0, 0, 255)
-    second = np.full((12, 20, 3), (0, 255, 0), np.uint8)
-    frames = [Image.fromarray(first), Image.fromarray(second)]
-    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    image = read_image(tmp_path / "anim.gif")
+    Image.fromarray(first).save(tmp_path / "still.gif")
+    image = read_image(tmp_path / "still.gif")
     assert image.format == "GIF"
     np.testing.assert_array_equal(image.pixels, first)
     # a processed image must not be re-quantised to a 256-colour palette
     assert output_format("GIF") == "PNG"
+
+
+def test_animated_gif_is_refused_naming_its_frames_not_cut_to_the_first(tmp_path):
+    first = np.zeros((12, 20, 3), np.uint8)
+    second = np.full((12, 20, 3), (0, 255, 0), np.uint8)
+    frames = [Image.fromarray(first), Image.fromarray(second)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    with pytest.raises(ImageReadError, match=r"has 2 frames; imageae reads single images.*split it first"):
+        read_image(tmp_path / "anim.gif")
 
 
 def test_output_format_keeps_the_source_format_or_follows_the_extension():

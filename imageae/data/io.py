@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Formats an output may be written in, by extension; GIF input is written as PNG by default
@@ -192,6 +192,110 @@ def _exif_orientation(img):
         return 1
 
 
+_ORIENTATION = 0x0112
+_EXIF_HEADER = b"Exif\x00\x00"
+# TIFF tags that describe how a TIFF file stores its pixels (not the picture), plus the
+# blocks carried apart (ICC) or not at all (XMP, IPTC, Photoshop resources). A TIFF source's
+# EXIF is its first IFD less these; every writer sets its own layout tags.
+_TIFF_LAYOUT_TAGS = frozenset(
+    [254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 273, 277, 278, 279, 280, 281, 284]
+    + [288, 289, 290, 291, 292, 293, 297, 301, 317, 320, 321, 322, 323, 324, 325, 330, 332]
+    + [333, 334, 336, 337, 338, 339, 340, 341, 342, 343, 344, 347, 529, 530, 532, 700, 33723]
+    + [34377, 34675]
+    + list(range(512, 522))
+)
+
+
+def _reset_orientation(exif):
+    """EXIF bytes with IFD0's orientation patched to 1 in place (every other byte kept).
+
+    Returns the bytes unchanged when IFD0 holds no orientation (Pillow may have found it in
+    XMP, which is not carried), and None when the block cannot be patched.
+    """
+    body = exif[len(_EXIF_HEADER):]
+    order = {b"II": "<", b"MM": ">"}.get(body[:2])
+    if order is None:
+        return None
+    try:
+        (ifd,) = struct.unpack_from(order + "I", body, 4)
+        (count,) = struct.unpack_from(order + "H", body, ifd)
+        for index in range(count):
+            entry = ifd + 2 + 12 * index
+            tag, kind, number = struct.unpack_from(order + "HHI", body, entry)
+            if tag != _ORIENTATION:
+                continue
+            if number != 1 or kind not in (3, 4):  # SHORT (the standard) or LONG
+                return None
+            patched = bytearray(body)
+            struct.pack_into(order + ("H" if kind == 3 else "I"), patched, entry + 8, 1)
+            return _EXIF_HEADER + bytes(patched)
+    except struct.error:
+        return None
+    return exif
+
+
+def _read_exif(img, fmt, orientation):
+    """The EXIF block to carry (``Exif\\0\\0`` + TIFF structure), orientation reset to 1.
+
+    The raw block is kept byte for byte (maker notes and all) and only the orientation value
+    is patched; a TIFF's EXIF is its first IFD less the tags that describe the TIFF's own
+    pixel layout. A block too broken to patch is not carried: writing it back would rotate
+    the already rotated pixels a second time.
+    """
+    try:
+        if fmt == "TIFF":
+            exif = img.getexif()
+            for tag in [t for t in exif if t in _TIFF_LAYOUT_TAGS]:
+                del exif[tag]
+            if not len(exif):
+                return None
+            exif[_ORIENTATION] = 1  # the pixels are upright; 1 is also the default
+            return exif.tobytes()
+        raw = img.info.get("exif")
+        if not raw:
+            return None
+        raw = raw if raw.startswith(_EXIF_HEADER) else _EXIF_HEADER + raw
+        if orientation == 1:
+            return raw
+        patched = _reset_orientation(raw)
+        if patched is None:
+            exif = img.getexif()
+            exif[_ORIENTATION] = 1
+            patched = exif.tobytes()
+        return patched
+    except Exception:  # a broken EXIF block must not make a readable image unreadable
+        return None
+
+
+def _icc_space(icc):
+    """The colour space an ICC profile describes: "RGB", "GRAY", "CMYK", "Lab", ... or None."""
+    return icc[16:20].decode("latin-1").strip() if icc and len(icc) >= 20 else None
+
+
+def _srgb_profile():
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _cmyk_to_rgb(img, icc):
+    """(RGB image, ICC profile of its pixels): colour-managed when the CMYK file has a profile.
+
+    Without a usable CMYK profile Pillow's plain formula (R = 255 - C - K, ...) is used and no
+    profile is attached; the source's CMYK profile cannot describe RGB pixels either way.
+    """
+    if _icc_space(icc) == "CMYK":
+        from PIL import ImageCms
+
+        try:
+            srgb = _srgb_profile()
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            return ImageCms.profileToProfile(img, source, srgb, outputMode="RGB"), srgb.tobytes()
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
+    return img.convert("RGB"), None
+
+
 def _apply_orientation(array, orientation):
     """Rotate/flip an (H, W, ...) array as EXIF orientation tags 1-8 prescribe."""
     ops = {
@@ -235,17 +339,57 @@ def _is_grey(img):
     return bool(np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 1], array[..., 2]))
 
 
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_INTEGER_ONLY = "imageae reads 8- and 16-bit integer images"
+
+
+def _describe_unreadable_tiff(data):
+    """Why Pillow cannot open a TIFF that OpenCV can (floating-point or 32-bit colour), or None."""
+    import cv2
+
+    try:
+        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
+    if array is None:
+        return None
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    kind = "floating-point" if array.dtype.kind == "f" else "integer"
+    bits = array.dtype.itemsize * 8
+    fix = ("scale it to 0..65535 and convert it to 16-bit integers first (for 0..1 data: "
+           "numpy.round(x * 65535).astype(numpy.uint16), saved with OpenCV or tifffile)")
+    channels = "1 channel" if channels == 1 else f"{channels} channels"
+    return f"has {bits}-bit {kind} samples ({channels}); {_INTEGER_ONLY}: {fix}"
+
+
+def _split_hint(path):
+    name = Path(path).name
+    return (f"split it first, e.g. `magick '{name}' page-%03d.png` (ImageMagick) or "
+            f"PIL.ImageSequence.Iterator(Image.open('{name}'))")
+
+
 def read_image(path):
     """Decode an image file.
 
     Applies EXIF orientation, keeps grey as grey, separates alpha, keeps 16-bit depth for
-    PNG and TIFF, and reads the first frame of an animated file.
+    PNG and TIFF, and keeps the embedded ICC profile and EXIF block (``icc_profile``,
+    ``exif``; the EXIF orientation reset to 1 as it has been applied to the pixels).
+
+    Other Pillow modes are converted on reading: palette ("P", "PA") to RGB(A), or grey(+alpha)
+    when the palette is grey and no RGB profile is attached; bilevel ("1") to grey 0/255;
+    "CMYK" to RGB, colour-managed to sRGB (with the sRGB profile attached) when the file has a
+    CMYK profile, else by Pillow's plain formula (no profile); "YCbCr" to RGB; "LAB" to sRGB
+    (its ICC profile, if any, dropped); 32-bit integer ("I") grey with values in 0..65535 to
+    16-bit grey. The written result is in the converted mode.
 
     Raises
     ------
     ImageReadError
         With the reason, for a file that is missing, empty, truncated, not an image or in
-        a mode imageae does not handle.
+        a mode imageae does not handle: floating-point and 32-bit samples, and files of
+        several pages or frames (multi-page TIFF, animated GIF, WebP and PNG), which are
+        refused rather than cut to their first frame. A JPEG with extra MPO pictures (the
+        previews or depth maps of some cameras) is read as its primary picture.
     """
     path = Path(path)
     try:
@@ -257,50 +401,73 @@ def read_image(path):
     try:
         img = Image.open(io.BytesIO(data))
         fmt = img.format or "unknown"
+        stored_orientation = _exif_orientation(img)
         img.load()  # forces a full decode, so truncation is caught here, not later
     except Image.DecompressionBombError as error:
         raise ImageReadError(f"image too large: {error}") from None
     except (OSError, SyntaxError, ValueError) as error:
         reason = str(error) or type(error).__name__
         if "cannot identify image file" in reason:
+            described = _describe_unreadable_tiff(data) if data[:4] in _TIFF_MAGIC else None
+            if described:
+                raise ImageReadError(described) from None
             reason = "not an image file (unrecognised content)"
         raise ImageReadError(f"cannot decode image: {reason}") from None
+    frames = getattr(img, "n_frames", 1)
+    if fmt == "MPO":  # a camera JPEG whose extra pictures are previews or depth maps
+        fmt = "JPEG"
+    elif frames > 1:
+        unit = "pages" if fmt == "TIFF" else "frames"
+        raise ImageReadError(f"has {frames} {unit}; imageae reads single images (it would otherwise keep only "
+                             f"the first): {_split_hint(path)}")
+    # Pillow and OpenCV (which decodes 16-bit colour) both turn TIFF pixels upright as they
+    # load them (Pillow then drops the tag); other formats are loaded as stored.
     orientation = _exif_orientation(img)
+    icc = img.info.get("icc_profile") or None
+    exif = _read_exif(img, fmt, stored_orientation)
+
+    def decoded(pixels, alpha, bit_depth):
+        return DecodedImage(pixels, alpha, bit_depth, fmt, icc_profile=icc, exif=exif)
 
     # Pillow keeps 16-bit grey (mode I;16 / I) but reduces 16-bit colour to 8 bits.
     if fmt in _SIXTEEN_BIT_FORMATS and (img.mode.startswith("I") or img.mode in ("RGB", "RGBA")):
-        decoded = _read_sixteen_bit(path, data, orientation)
-        if decoded is not None:
-            return DecodedImage(decoded[0], decoded[1], 16, fmt)
+        sixteen = _read_sixteen_bit(path, data, 1 if fmt == "TIFF" else stored_orientation)
+        if sixteen is not None:
+            return decoded(sixteen[0], sixteen[1], 16)
 
     mode = img.mode
-    if mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        if _is_grey(img):  # a grey palette (common in GIFs) stays grey
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+        if _icc_space(icc) in (None, "GRAY") and _is_grey(img):  # a grey palette (common in GIFs) stays grey
             img = img.convert("LA" if img.mode == "RGBA" else "L")
-    elif mode == "PA":
-        img = img.convert("RGBA")
-    elif mode in ("1",):
+    elif mode == "1":
         img = img.convert("L")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+    elif mode == "CMYK":
+        img, icc = _cmyk_to_rgb(img, icc)
+    elif mode in ("YCbCr", "RGBX"):
         img = img.convert("RGB")
-    elif mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+    elif mode in ("LAB", "HSV"):
+        img, icc = img.convert("RGB"), None
+    elif mode == "F":
+        raise ImageReadError(f"has 32-bit floating-point pixels (mode F); {_INTEGER_ONLY}: convert it to "
+                             "16-bit integers first (for 0..1 data: numpy.round(x * 65535).astype(numpy.uint16))")
+    elif mode.startswith("I"):
         array = np.asarray(img)
-        if array.dtype.kind == "f" or array.max(initial=0) > 65535 or array.min(initial=0) < 0:
-            raise ImageReadError(f"unsupported pixel format: mode {mode} with values outside 0..65535")
-        pixels = _apply_orientation(array.astype(np.uint16)[:, :, None], orientation)
-        return DecodedImage(pixels, None, 16, fmt)
-    img = ImageOps.exif_transpose(img) if orientation != 1 else img
+        low, high = int(array.min(initial=0)), int(array.max(initial=0))
+        if low < 0 or high > 65535:
+            raise ImageReadError(f"has 32-bit integer pixels (mode {mode}) from {low} to {high}, outside the "
+                                 f"16-bit range 0..65535; {_INTEGER_ONLY}: scale it into 0..65535 first")
+        return decoded(_apply_orientation(array.astype(np.uint16)[:, :, None], orientation), None, 16)
 
     if img.mode not in ("L", "LA", "RGB", "RGBA"):
         raise ImageReadError(f"unsupported pixel format: mode {mode}")
-    array = np.asarray(img)
+    array = _apply_orientation(np.asarray(img), orientation)
     alpha = None
     if img.mode in ("LA", "RGBA"):
         array, alpha = array[..., :-1], np.ascontiguousarray(array[..., -1])
     if array.ndim == 2:
         array = array[:, :, None]
-    return DecodedImage(np.ascontiguousarray(array), alpha, 8, fmt)
+    return decoded(np.ascontiguousarray(array), alpha, 8)
 
 
 def output_format(source_format, extension=None):
@@ -322,19 +489,109 @@ def format_extension(fmt):
     return {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}[fmt]
 
 
+def _png_chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _png_with_metadata(data, icc, exif):
+    """A PNG's bytes with iCCP and eXIf chunks inserted right after IHDR (before any IDAT)."""
+    if not (icc or exif):
+        return data
+    chunks = b""
+    if icc:
+        chunks += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if exif:
+        chunks += _png_chunk(b"eXIf", exif[len(_EXIF_HEADER):] if exif.startswith(_EXIF_HEADER) else exif)
+    end_of_ihdr = 8 + 12 + struct.unpack_from(">I", data, 8)[0]
+    return data[:end_of_ihdr] + chunks + data[end_of_ihdr:]
+
+
+_STRIP_OFFSETS = 273
+_PLACEHOLDER_TAG = 65000  # a private tag number, renamed to StripOffsets once serialised
+
+
+def _tiff_with_metadata(data, icc, exif):
+    """A single-image TIFF's bytes with an ICC profile and EXIF tags added to its IFD.
+
+    The first IFD is rewritten at the end of the file with the extra tags (the pixel strips
+    stay where they are) and the header is pointed at it. Pillow serialises the IFD, EXIF
+    sub-IFDs included, but shifts StripOffsets by the IFD's own size, so they travel under a
+    private tag number and are renamed afterwards.
+    """
+    if not (icc or exif):
+        return data
+    from PIL import TiffImagePlugin
+
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
+    if order is None:
+        raise ImageWriteError("cannot attach the ICC profile and EXIF to this TIFF (not a classic TIFF); "
+                              "write PNG instead")
+    source = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
+    stream = io.BytesIO(data)
+    stream.seek(struct.unpack_from(order + "I", data, 4)[0])
+    source.load(stream)
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
+    for tag, value in source.items():
+        target = _PLACEHOLDER_TAG if tag == _STRIP_OFFSETS else tag
+        ifd.tagtype[target] = source.tagtype[tag]
+        ifd[target] = value
+    if exif:
+        tags = Image.Exif()
+        tags.load(exif)
+        for tag, value in list(tags.items()):
+            if tag in _TIFF_LAYOUT_TAGS or tag == _PLACEHOLDER_TAG:
+                continue
+            ifd[tag] = tags.get_ifd(tag) if tag in (0x8769, 0x8825) else value  # Exif and GPS sub-IFDs
+    if icc:
+        ifd.tagtype[34675] = 7  # UNDEFINED: the profile's bytes
+        ifd[34675] = icc
+    start = len(data) + (len(data) & 1)  # an IFD starts on a word boundary
+    table = bytearray(ifd.tobytes(start))
+    (count,) = struct.unpack_from(order + "H", table, 0)
+    entries = [bytes(table[2 + 12 * i : 14 + 12 * i]) for i in range(count)]
+    renamed = []
+    for entry in entries:
+        tag = struct.unpack_from(order + "H", entry)[0]
+        renamed.append((_STRIP_OFFSETS if tag == _PLACEHOLDER_TAG else tag, entry[2:]))
+    renamed.sort(key=lambda item: item[0])  # TIFF requires ascending tag order
+    table[2 : 2 + 12 * count] = b"".join(struct.pack(order + "H", tag) + rest for tag, rest in renamed)
+    header = data[:4] + struct.pack(order + "I", start)
+    return header + data[8:] + b"\x00" * (start - len(data)) + bytes(table)
+
+
+def _check_icc_fits(icc, fmt, written_colour, source_grey):
+    """Refuse to write a grey ICC profile into a file the writer stores in colour."""
+    if icc and source_grey and written_colour and _icc_space(icc) == "GRAY":
+        raise ImageWriteError(f"the image's grey ICC profile cannot describe the colour {fmt} that would be "
+                              "written for it (the profile would be lost); write PNG or TIFF, or 8-bit")
+
+
 def encode_image(image, fmt, *, quality=95):
     """Encode a :class:`DecodedImage` to bytes in Pillow format ``fmt``.
 
     16-bit images stay 16-bit in PNG and TIFF; JPEG, BMP and WebP hold 8 bits, so a 16-bit
     image is rounded to 8 bits for them. JPEG and BMP cannot hold alpha: asking for them for
     an image with alpha raises :class:`ImageWriteError` rather than dropping it silently.
+
+    The image's ICC profile and EXIF block are written into JPEG, PNG, TIFF and WebP files,
+    16-bit PNG and TIFF included (:class:`ImageWriteError` where one cannot be kept: an EXIF
+    block over JPEG's 64 KB, a grey profile on 16-bit grey+alpha, which goes out as RGBA, or on
+    grey WebP, which is colour). BMP files carry neither: the format has no EXIF and Pillow
+    writes no ICC profile into BMP; choose another format to keep them. XMP, IPTC and
+    Photoshop blocks are not carried.
     """
     pixels, alpha = image.pixels, image.alpha
+    icc, exif = (None, None) if fmt == "BMP" else (image.icc_profile, image.exif)
+    grey = pixels.shape[-1] == 1
     if alpha is not None and fmt in ("JPEG", "BMP"):
         raise ImageWriteError(f"{fmt} cannot store the alpha channel; write PNG, WebP or TIFF instead")
+    if exif and fmt == "JPEG" and len(exif) > 65533:
+        raise ImageWriteError(f"the image's EXIF block ({len(exif)} bytes) is larger than JPEG can hold "
+                              "(64 KB); write PNG, TIFF or WebP instead")
     if image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS:
         import cv2
 
+        _check_icc_fits(icc, f"16-bit {fmt}", alpha is not None, grey)
         array = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=-1)
         if array.shape[-1] == 3:
             array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
@@ -342,12 +599,15 @@ def encode_image(image, fmt, *, quality=95):
             array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
         elif array.shape[-1] == 2:
             # OpenCV writes no grey+alpha; 16-bit grey+alpha goes out as RGBA.
-            grey = array[..., 0]
-            array = np.stack([grey, grey, grey, array[..., 1]], axis=-1)
+            level = array[..., 0]
+            array = np.stack([level, level, level, array[..., 1]], axis=-1)
         ok, buffer = cv2.imencode(".png" if fmt == "PNG" else ".tif", array)
         if not ok:
             raise ImageWriteError(f"OpenCV could not encode a 16-bit {fmt}")
-        return buffer.tobytes()
+        if fmt == "PNG":
+            return _png_with_metadata(buffer.tobytes(), icc, exif)
+        return _tiff_with_metadata(buffer.tobytes(), icc, exif)
+    _check_icc_fits(icc, fmt, fmt == "WEBP", grey)
     if image.bit_depth == 16:
         pixels = np.round(pixels.astype(np.float32) / 257.0).astype(np.uint8)
         alpha = None if alpha is None else np.round(alpha.astype(np.float32) / 257.0).astype(np.uint8)
@@ -367,6 +627,10 @@ def encode_image(image, fmt, *, quality=95):
         options = {"quality": int(quality), "method": 4}
     elif fmt == "PNG":
         options = {"compress_level": 6}
+    if icc:
+        options["icc_profile"] = icc
+    if exif:
+        options["exif"] = exif
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **options)
     return buffer.getvalue()
@@ -414,7 +678,10 @@ def write_image(path, image, *, fmt=None, quality=95):
 
 
 def from_float(x, like):
-    """A :class:`DecodedImage` from float pixels on the 0..1 scale, in ``like``'s depth."""
+    """A :class:`DecodedImage` from float pixels on the 0..1 scale, in ``like``'s depth.
+
+    ``like``'s alpha, format, ICC profile and EXIF block come with it.
+    """
     scale = float(2**like.bit_depth - 1)
     dtype = np.uint16 if like.bit_depth == 16 else np.uint8
     x = np.asarray(x)
@@ -423,4 +690,5 @@ def from_float(x, like):
     for top in range(0, x.shape[0], 256):
         band = np.asarray(x[top : top + 256], np.float32) * scale
         pixels[top : top + 256] = np.clip(np.round(band), 0, scale)
-    return DecodedImage(pixels, like.alpha, like.bit_depth, like.format)
+    return DecodedImage(pixels, like.alpha, like.bit_depth, like.format,
+                        icc_profile=like.icc_profile, exif=like.exif)
