@@ -6,7 +6,10 @@ decode WebP only to 8 bits.
 
 An image is carried as a :class:`DecodedImage`: the colour or grey pixels as an (H, W, C)
 uint8 or uint16 array (C is 1 or 3), the alpha channel kept apart and untouched, and what is
-needed to write the result back in the input's format, mode and bit depth.
+needed to write the result back in the input's format, mode and bit depth: its ICC colour
+profile and EXIF block too, written back into JPEG, PNG, TIFF and WebP (16-bit PNG and TIFF
+included; BMP holds neither). A file of several pages or frames is refused with the reason,
+never cut to its first frame; so are floating-point and 32-bit samples.
 """
 
 import dataclasses
