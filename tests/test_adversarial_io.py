@@ -157,11 +157,24 @@ def test_sixteen_bit_tiff_orientation_matches_eight_bit_orientation(tmp_path, or
     np.testing.assert_array_equal(b.pixels, a.pixels.astype(np.uint16) * 257)
 
 
+def test_sixteen_bit_grey_alpha_png_stays_grey_alpha_with_its_grey_profile(tmp_path):
+    rng = np.random.default_rng(3)
+    grey, alpha = rng.integers(0, 65536, (5, 7, 1), dtype=np.uint16), rng.integers(0, 65536, (5, 7), dtype=np.uint16)
+    data = encode_image(DecodedImage(grey, alpha, 16, "PNG", icc_profile=GREY_PROFILE, exif=camera_exif(1)), "PNG")
+    assert data[25] == 4  # PNG colour type 4: grey + alpha (it used to go out as RGBA)
+    assert metadata_of(data)[:3] == (GREY_PROFILE, 1, "ImageaeTestCam")
+    (tmp_path / "ga.png").write_bytes(data)
+    decoded = read_image(tmp_path / "ga.png")
+    assert decoded.bit_depth == 16 and decoded.channels == 1
+    np.testing.assert_array_equal(decoded.pixels, grey)
+    np.testing.assert_array_equal(decoded.alpha, alpha)
+
+
 def test_a_grey_profile_that_a_colour_file_cannot_keep_is_refused_not_dropped():
-    grey_alpha = DecodedImage(np.zeros((4, 4, 1), np.uint16), np.zeros((4, 4), np.uint16), 16, "PNG",
+    grey_alpha = DecodedImage(np.zeros((4, 4, 1), np.uint16), np.zeros((4, 4), np.uint16), 16, "TIFF",
                               icc_profile=GREY_PROFILE)
     with pytest.raises(ImageWriteError, match="grey ICC profile"):
-        encode_image(grey_alpha, "PNG")  # OpenCV writes 16-bit grey+alpha as RGBA
+        encode_image(grey_alpha, "TIFF")  # OpenCV writes 16-bit grey+alpha TIFF as RGBA
     grey = DecodedImage(np.zeros((4, 4, 1), np.uint8), None, 8, "PNG", icc_profile=GREY_PROFILE)
     with pytest.raises(ImageWriteError, match="grey ICC profile"):
         encode_image(grey, "WEBP")  # WebP stores colour only

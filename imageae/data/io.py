@@ -331,6 +331,8 @@ def _read_sixteen_bit(path, data, orientation):
         array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
     elif array.shape[-1] == 2:
         array, alpha = array[..., :1], array[..., 1]
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[25:26] == b"\x04":  # PNG grey+alpha, read by OpenCV as colour
+        array = array[..., :1]
     array = _apply_orientation(array, orientation)
     if alpha is not None:
         alpha = _apply_orientation(alpha, orientation)
@@ -562,6 +564,16 @@ def _tiff_with_metadata(data, icc, exif):
     return header + data[8:] + b"\x00" * (start - len(data)) + bytes(table)
 
 
+def _png_grey_alpha_sixteen(grey, alpha):
+    """A 16-bit grey+alpha PNG (colour type 4), which OpenCV cannot write; rows unfiltered."""
+    height, width = alpha.shape
+    rows = np.zeros((height, 1 + 4 * width), np.uint8)  # each row: filter byte 0, then the samples
+    rows[:, 1:] = np.stack([grey[..., 0], alpha], axis=-1).astype(">u2").view(np.uint8).reshape(height, -1)
+    header = struct.pack(">IIBBBBB", width, height, 16, 4, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + _png_chunk(b"IEND", b""))
+
+
 def _check_icc_fits(icc, fmt, written_colour, source_grey):
     """Refuse to write a grey ICC profile into a file the writer stores in colour."""
     if icc and source_grey and written_colour and _icc_space(icc) == "GRAY":
@@ -578,8 +590,8 @@ def encode_image(image, fmt, *, quality=95):
 
     The image's ICC profile and EXIF block are written into JPEG, PNG, TIFF and WebP files,
     16-bit PNG and TIFF included (:class:`ImageWriteError` where one cannot be kept: an EXIF
-    block over JPEG's 64 KB, a grey profile on 16-bit grey+alpha, which goes out as RGBA, or on
-    grey WebP, which is colour). BMP files carry neither: the format has no EXIF and Pillow
+    block over JPEG's 64 KB, a grey profile on 16-bit grey+alpha TIFF, which goes out as RGBA,
+    or on grey WebP, which is colour). BMP files carry neither: the format has no EXIF and Pillow
     writes no ICC profile into BMP; choose another format to keep them. XMP, IPTC and
     Photoshop blocks are not carried.
     """
@@ -594,6 +606,8 @@ def encode_image(image, fmt, *, quality=95):
     if image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS:
         import cv2
 
+        if fmt == "PNG" and grey and alpha is not None:
+            return _png_with_metadata(_png_grey_alpha_sixteen(pixels, alpha), icc, exif)
         _check_icc_fits(icc, f"16-bit {fmt}", alpha is not None, grey)
         array = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=-1)
         if array.shape[-1] == 3:
@@ -601,7 +615,7 @@ def encode_image(image, fmt, *, quality=95):
         elif array.shape[-1] == 4:
             array = cv2.cvtColor(array, cv2.COLOR_RGBA2BGRA)
         elif array.shape[-1] == 2:
-            # OpenCV writes no grey+alpha; 16-bit grey+alpha goes out as RGBA.
+            # OpenCV writes no grey+alpha; 16-bit grey+alpha TIFF goes out as RGBA.
             level = array[..., 0]
             array = np.stack([level, level, level, array[..., 1]], axis=-1)
         ok, buffer = cv2.imencode(".png" if fmt == "PNG" else ".tif", array)
