@@ -623,6 +623,26 @@ def _pil_codec_pixels(image):
     raise ValueError(f"PIL mode {mode!r} is not supported; convert the image to 'RGB' or 'L' first")
 
 
+def _codec_icc_profile(image):
+    """The ICC profile that describes the pixels :func:`_codec_pixels` gives for ``image``, or None.
+
+    A PIL image's own profile, except where those pixels were converted into another colour
+    space: CMYK (converted through its profile: the sRGB profile; by the plain formula: none),
+    "LAB" and "HSV" (none: their profile, if any, described the unconverted values). An array
+    has none.
+    """
+    info = getattr(image, "info", None)
+    if isinstance(image, np.ndarray) or not isinstance(info, dict):
+        return None
+    icc = info.get("icc_profile") or None
+    mode = getattr(image, "mode", None)
+    if mode == "CMYK":
+        from imageae.data.io import _cmyk_to_rgb
+
+        return _cmyk_to_rgb(image, icc)[1]
+    return None if mode in ("LAB", "HSV") else icc
+
+
 def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, refine_steps=0):
     """Compress an 8-bit image into the bytes of an ``.iae`` file.
 

@@ -102,6 +102,20 @@ def test_exif_is_carried_byte_for_byte_except_the_orientation_value(tmp_path):
     assert reread[ORIENTATION] == 1 and reread[MAKE] == "ImageaeTestCam"
 
 
+def test_exif_in_imagemagicks_png_text_chunk_is_carried_too(tmp_path):
+    from PIL import PngImagePlugin
+
+    body = camera_exif(6)
+    hexed = body.hex()
+    text = f"\nexif\n{len(body):8d}\n" + "\n".join(hexed[i : i + 72] for i in range(0, len(hexed), 72))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", text)
+    Image.fromarray(marked_corner_image(16, 24)).save(tmp_path / "magick.png", pnginfo=info)
+    decoded = read_image(tmp_path / "magick.png")
+    assert bright_corner(decoded.pixels) == "tr"
+    assert metadata_of(encode_image(decoded, "PNG"))[1:] == (1, "ImageaeTestCam", (1, 125))
+
+
 def test_a_tiff_sources_layout_tags_do_not_travel_into_another_formats_exif(tmp_path):
     decoded = read_image(save_camera_file(tmp_path / "c.tif", "TIFF"))
     exif = Image.open(io.BytesIO(encode_image(decoded, "JPEG"))).getexif()
@@ -469,3 +483,16 @@ def test_compress_keeps_the_picture_of_every_mode_it_accepts_and_refuses_the_res
 def test_compress_of_a_sixteen_bit_pil_image_is_refused_not_decoded_near_white(random_weight_models):
     with pytest.raises(ValueError, match="16-bit grey image; the codec stores 8-bit images only"):
         imageae.compress(make_pil("I;16"))
+
+
+def test_the_profile_for_the_codec_describes_the_pixels_it_stores():
+    from imageae.api import _codec_icc_profile
+
+    rgb = Image.new("RGB", (4, 4), (10, 20, 30))
+    rgb.info["icc_profile"] = SRGB
+    assert _codec_icc_profile(rgb) == SRGB
+    for mode in ("CMYK", "LAB", "HSV"):  # converted to RGB without a usable profile: none describes them
+        image = rgb.convert(mode)
+        image.info["icc_profile"] = SRGB
+        assert _codec_icc_profile(image) is None, mode
+    assert _codec_icc_profile(np.zeros((4, 4, 3), np.uint8)) is None

@@ -255,6 +255,8 @@ def _read_exif(img, fmt, orientation):
             exif[_ORIENTATION] = 1  # the pixels are upright; 1 is also the default
             return exif.tobytes()
         raw = img.info.get("exif")
+        if not raw and "Raw profile type exif" in img.info:  # ImageMagick's PNG text chunk, hex
+            raw = bytes.fromhex("".join(img.info["Raw profile type exif"].split("\n")[3:]))
         if not raw:
             return None
         raw = raw if raw.startswith(_EXIF_HEADER) else _EXIF_HEADER + raw
