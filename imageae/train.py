@@ -51,20 +51,41 @@ class DenoiserTrainConfig:
     max_seconds: float = 0.0  # stop after this much training time (0: no limit)
 
 
-def load_training_images(inputs, channels, *, uint8=False):
+def load_training_images(inputs, channels, *, uint8=False, min_side=0):
     """Every image under ``inputs`` as float32 (H, W, channels) arrays on the 0..1 scale, or
-    with ``uint8`` as 8-bit arrays (400 BSDS500 photos: 185 MB instead of 740 MB)."""
-    images = []
+    with ``uint8`` as 8-bit arrays (400 BSDS500 photos: 185 MB instead of 740 MB).
+
+    Files that cannot be read, and images with a side under ``min_side`` pixels, are left out
+    and named on the console; ValueError if no image is left (FileNotFoundError for an input
+    that does not exist).
+    """
+    from imageae.data.io import ImageReadError
+
+    images, left_out = [], []
     for path, _ in find_images(inputs):
-        decoded = read_image(path)
+        try:
+            decoded = read_image(path)
+        except ImageReadError as error:
+            left_out.append(f"{path} ({error})")
+            continue
+        if min(decoded.pixels.shape[:2]) < min_side:
+            left_out.append(f"{path} ({decoded.pixels.shape[1]}x{decoded.pixels.shape[0]}, under {min_side} pixels)")
+            continue
         x = decoded.to_float()
         if channels == 1 and x.shape[-1] == 3:
             x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
         elif channels == 3 and x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
         images.append(np.round(x * 255.0).astype(np.uint8) if uint8 else x)
+    where = ", ".join(map(str, [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs))
+    if left_out:
+        shown = "\n  ".join(left_out[:10]) + (f"\n  ... and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+        print(f"left out {len(left_out)} of {len(left_out) + len(images)} images:\n  {shown}", flush=True)
+    if not images and left_out and min_side:
+        raise ValueError(f"none of the {len(left_out)} images in {where} can be used: each is unreadable or has a "
+                         f"side under {min_side} pixels (the patch size); lower --patch-size or add larger images")
     if not images:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))}")
+        raise ValueError(f"no readable images found in {where}")
     return images
 
 
@@ -112,18 +133,18 @@ class RandomCrops(keras.utils.PyDataset):
         return (x, x) if self.paired else (x,)
 
 
-def _make_patch_dataset(images, config, validation):
+def _make_patch_dataset(images, config, validation, *, stride=8):
     if validation:
-        # A fixed set: the centre crop of each held-out image at each validation sigma.
+        # A fixed set: the centre crop of each held-out image at each validation sigma, 128
+        # pixels a side or, when an image is smaller, the largest multiple of the model's
+        # stride that every one of them holds.
         rng = np.random.default_rng(12345)
-        p = 128
+        p = min(128, min(min(img.shape[:2]) for img in images) // stride * stride)
         clean, noisy = [], []
         for img in images:
             h, w = img.shape[:2]
-            top, left = max(0, (h - p) // 2), max(0, (w - p) // 2)
+            top, left = (h - p) // 2, (w - p) // 2
             crop = img[top : top + p, left : left + p]
-            if crop.shape[:2] != (p, p):
-                continue
             for sigma in config.validation_sigmas:
                 clean.append(crop)
                 noisy.append(crop + rng.standard_normal(crop.shape, dtype=np.float32) * np.float32(sigma / 255.0))
@@ -181,28 +202,15 @@ def train_denoiser(config, *, progress=True):
 
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
-    output = Path(config.output)
-    checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-
-    images = load_training_images(config.data, config.channels)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(images))
-    n_val = max(1, int(round(len(images) * config.validation_fraction)))
-    val_images = [images[i] for i in order[:n_val]]
-    train_images = [images[i] for i in order[n_val:]]
-    train_data = _make_patch_dataset(train_images, config, validation=False)
-    val_data = _make_patch_dataset(val_images, config, validation=True)
-
-    epochs = math.ceil(config.steps / config.steps_per_epoch)
+    output = _check_output(config.output)
+    checkpoint_dir, resuming = _open_checkpoint_dir(config, output)
     last = checkpoint_dir / "last.keras"
+
+    # The model first (cheap), so that a patch size off its stride is refused before any image is read.
     initial_epoch = 0
-    if config.resume and last.exists():
+    if resuming:
         model = keras.saving.load_model(last)
-        state = json.loads((checkpoint_dir / "state.json").read_text())
-        initial_epoch = state["epoch"]
-        train_data.epoch = initial_epoch
-        print(f"resuming from {last} at epoch {initial_epoch}")
+        initial_epoch = json.loads((checkpoint_dir / "state.json").read_text())["epoch"]
     else:
         if config.init:
             from imageae.registry import load_model
@@ -220,37 +228,75 @@ def train_denoiser(config, *, progress=True):
             loss="mse",
             metrics=[psnr_metric],
         )
+    stride = model.denoiser.stride
+    if config.patch_size % stride:
+        raise ValueError(f"--patch-size must be a multiple of {stride} (the stride of the model's "
+                         f"{len(model.denoiser.filters)}-level U-Net), got {config.patch_size}")
 
-    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
-    steps = CountSteps()
-    callbacks = [steps, *_checkpointing_callbacks(config, checkpoint_dir, previous_wall, "val_psnr_metric", "max")]
-    start = time.time()
-    model.fit(
-        train_data,
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        validation_data=val_data,
-        validation_batch_size=8,
-        callbacks=callbacks,
-        verbose=1 if progress else 2,
-    )
-    wall = time.time() - start
+    images = load_training_images(config.data, config.channels, min_side=config.patch_size)
+    train_order, val_order = _split_for_validation(len(images), config.validation_fraction, config.seed)
+    val_images = [images[i] for i in val_order]
+    train_images = [images[i] for i in train_order]
+    train_data = _make_patch_dataset(train_images, config, validation=False)
+    val_data = _make_patch_dataset(val_images, config, validation=True, stride=stride)
+    train_data.epoch = initial_epoch
+
+    run = _fit(model, train_data, config=config, checkpoint_dir=checkpoint_dir, resuming=resuming,
+               initial_epoch=initial_epoch, steps_per_epoch=config.steps_per_epoch, target=config.steps,
+               monitor="val_psnr_metric", mode="max", output=output, progress=progress,
+               validation_data=val_data, validation_batch_size=8)
     model = _best_float32(model, checkpoint_dir, part=lambda wrapper: wrapper.denoiser)
-    return _ship(model, output, checkpoint_dir, job="denoise", curve_metric=None, card={
+    metrics = _denoiser_validation_metrics(model, *val_data, config.validation_sigmas)
+    _ship(model, output, checkpoint_dir, job="denoise", curve_metric=None, card={
         "training": {
             "data": [str(d) for d in config.data],
             "images": len(train_images),
-            "validation_images": len(val_images),
+            "validation_images": len(val_images) if len(images) > 1 else "the training image (nothing held out)",
             "steps": config.steps,
-            "steps_run_this_run": steps.steps,
+            "steps_done": run["stopped"]["steps_done"],
+            "steps_run_this_run": run["stopped"]["steps_this_run"],
+            "stopped": run["stopped"],
+            "kept_epoch": run["kept"],
             "batch_size": config.batch_size,
             "patch_size": config.patch_size,
             "noise": f"additive white Gaussian, sigma uniform in [{config.sigma_min}, {config.sigma_max}] (0..255)",
             "precision_policy": policy,
-            "wall_time_seconds": round(wall + previous_wall, 1),
+            "wall_time_seconds": round(run["wall"] + run["previous_wall"], 1),
             "config": _plain(dataclasses.asdict(config)),
         },
+        "metrics": {
+            "validation": f"the centre {val_data[1].shape[1]}x{val_data[1].shape[2]} crop of each of the "
+                          f"{len(val_images)} validation images at each sigma, seeded white Gaussian noise (unclipped); "
+                          "PSNR of the shipped float32 model's output clipped to 0..1",
+            **metrics,
+        },
     })
+    return _finish(output, run)
+
+
+def _denoiser_validation_metrics(denoiser, noisy, clean, sigmas):
+    """Per validation sigma, the mean PSNR (dB, float, output clipped to 0..1 as the training
+    metric does) of the denoised and of the noisy validation crops; keys are the sigmas."""
+    out = np.concatenate([np.asarray(denoiser(noisy[i : i + 8])) for i in range(0, len(noisy), 8)])
+
+    def psnr(x, reference):
+        mse = np.mean((np.clip(x, 0.0, 1.0) - reference) ** 2, axis=(1, 2, 3))
+        return round(float(np.mean(-10.0 * np.log10(np.maximum(mse, 1e-10)))), 3)
+
+    denoised, inputs = {}, {}
+    for k, sigma in enumerate(sigmas):
+        index = slice(k, None, len(sigmas))  # the crops are stored image by image, each at every sigma
+        denoised[f"{sigma:g}"] = psnr(out[index], clean[index])
+        inputs[f"{sigma:g}"] = psnr(noisy[index], clean[index])
+    return {"validation_psnr_db_by_sigma": denoised, "validation_noisy_psnr_db_by_sigma": inputs}
+
+
+def _finish(output, run):
+    """The written model's path, or KeyboardInterrupt once it is written if Ctrl-C ended the run."""
+    if run["interrupted"]:
+        print(f"wrote {output} from the kept epoch; interrupted", flush=True)
+        raise KeyboardInterrupt
+    return output
 
 
 def _plain(mapping):
@@ -273,7 +319,9 @@ def _ship(model, output, checkpoint_dir, *, job, curve_metric, card, architectur
     """Write the model, its training curve and its card (name, job, architecture, ``card``'s
     sections, hardware) next to ``output``; returns ``output``."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    model.save(output)
+    partial = output.with_name(f".{output.stem}.partial.keras")  # a Ctrl-C while saving leaves no half model
+    model.save(partial)
+    os.replace(partial, output)
     plot_history(Path(checkpoint_dir) / "history.csv", output.with_suffix(".curve.png"), metric=curve_metric)
     full = {
         "name": output.stem,
@@ -287,7 +335,9 @@ def _ship(model, output, checkpoint_dir, *, job, curve_metric, card, architectur
         **card,
         "hardware": hardware_summary(),
     }
-    output.with_suffix(".json").write_text(json.dumps(full, indent=2) + "\n")
+    partial = output.with_name(f".{output.stem}.partial.json")
+    partial.write_text(json.dumps(full, indent=2) + "\n")
+    os.replace(partial, output.with_suffix(".json"))
     return output
 
 
@@ -314,16 +364,18 @@ class SaveState(keras.callbacks.Callback):
         self.start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
-        _save_last(self.model, self.checkpoint_dir, epoch, self.previous_wall + time.time() - self.start)
+        _save_last(self.model, self.checkpoint_dir, epoch, self.previous_wall + time.time() - self.start,
+                   steps=_steps_done(self.model))
 
 
-def _save_last(model, checkpoint_dir, epoch, wall_seconds):
-    """``model`` as last.keras (written atomically) and state.json (epochs done, training time)."""
+def _save_last(model, checkpoint_dir, epoch, wall_seconds, *, steps):
+    """``model`` as last.keras (written atomically) and state.json (epochs begun, optimizer
+    steps and training time so far; an epoch cut short by a time budget counts as begun)."""
     checkpoint_dir = Path(checkpoint_dir)
     tmp = checkpoint_dir / "last.tmp.keras"
     model.save(tmp)
     os.replace(tmp, checkpoint_dir / "last.keras")
-    state = {"epoch": epoch + 1, "wall_time_seconds": wall_seconds}
+    state = {"epoch": epoch + 1, "steps": int(steps), "wall_time_seconds": wall_seconds}
     (checkpoint_dir / "state.json").write_text(json.dumps(state))
 
 
@@ -338,45 +390,210 @@ def _save_sample_sheet(model, latents, checkpoint_dir, epoch):
         Path(checkpoint_dir) / f"samples_epoch{epoch + 1:03d}.png")
 
 
-class CountSteps(keras.callbacks.Callback):
-    """Counts the optimizer steps this run takes (for the model card)."""
+class StepBudget(keras.callbacks.Callback):
+    """Counts the optimizer steps this run takes and stops training once the run's total,
+    ``done`` steps of earlier runs included, reaches ``target``: a resumed run trains exactly
+    the steps a time cut or Ctrl-C left, however far into an epoch the cut came."""
 
-    steps = 0
+    def __init__(self, done, target):
+        super().__init__()
+        self.done, self.target, self.steps = int(done), int(target), 0
+
+    @property
+    def total(self):
+        return self.done + self.steps
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
+        if self.total >= self.target:
+            self.model.stop_training = True
 
 
-def _checkpointing_callbacks(config, checkpoint_dir, previous_wall, monitor, mode):
+def _steps_done(model):
+    """The optimizer steps a (resumed) model has taken: 0 for a freshly compiled one."""
+    optimizer = getattr(model, "optimizer", None)
+    return int(keras.ops.convert_to_numpy(optimizer.iterations)) if optimizer is not None else 0
+
+
+def _checkpointing_callbacks(config, checkpoint_dir, previous_wall, monitor, mode, *, resuming=None):
     """What every recipe does each epoch: last/best checkpoints (the best-so-far carried over a
     resume), early stopping on ``monitor``, a CSV history, TensorBoard, the time budget."""
     checkpoint_dir = Path(checkpoint_dir)
-    best = _best_so_far(checkpoint_dir, monitor, max if mode == "max" else min) if config.resume else None
+    resuming = config.resume if resuming is None else resuming
+    best = _best_so_far(checkpoint_dir, monitor, max if mode == "max" else min) if resuming else None
     return [
         SaveState(checkpoint_dir, previous_wall),
         keras.callbacks.ModelCheckpoint(checkpoint_dir / "best.keras", monitor=monitor, mode=mode,
                                         save_best_only=True, initial_value_threshold=best),
         keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience_epochs,
                                       restore_best_weights=True),
-        keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=config.resume),
+        keras.callbacks.CSVLogger(checkpoint_dir / "history.csv", append=resuming),
         *_tensorboard(checkpoint_dir),
         *([TimeBudget(config.max_seconds)] if config.max_seconds else []),
     ]
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training once ``seconds`` of training time have passed (for leased machines)."""
+    """Stops training once ``seconds`` of training time have passed in this run (for leased
+    machines); ``reached`` says whether it did."""
 
     def __init__(self, seconds):
         super().__init__()
         self.seconds = float(seconds)
+        self.reached = False
 
     def on_train_begin(self, logs=None):
         self.start = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
         if time.time() - self.start > self.seconds:
+            self.reached = True
             self.model.stop_training = True
+
+
+def _check_output(output):
+    """``output`` as a Path, refused before any training if the run could not write it at its end."""
+    output = Path(output)
+    if output.suffix != ".keras":
+        raise ValueError(f"--output must name a .keras file, got {str(output)!r}")
+    if output.is_dir():
+        raise ValueError(f"--output {output} is a folder: name the .keras file to write in it")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the output folder {output.parent}: {error.strerror or error}") from None
+    return output
+
+
+def _open_checkpoint_dir(config, output):
+    """The run's checkpoint folder (created) and whether the run resumes from it. A fresh run
+    removes an older run's best.keras there, so that only this run's epochs can be kept."""
+    checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
+    try:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the checkpoint folder {checkpoint_dir}: {error.strerror or error}") from None
+    resuming = bool(config.resume) and (checkpoint_dir / "last.keras").exists()
+    if config.resume and not resuming:
+        print(f"--resume: no checkpoint (last.keras) in {checkpoint_dir}, so this is a new run", flush=True)
+    if not resuming:
+        (checkpoint_dir / "best.keras").unlink(missing_ok=True)
+    return checkpoint_dir, resuming
+
+
+def _nothing_left(checkpoint_dir, done, target, output):
+    return ValueError(
+        f"nothing to resume: the checkpoint in {checkpoint_dir} has already trained {done} of the {target} steps "
+        f"asked for (its run wrote {output}); to train further, start a new run with --init {output}")
+
+
+def _split_for_validation(count, fraction, seed):
+    """Indices of the training and the validation images (a seeded shuffle with ``fraction``
+    held out, at least one), said before training starts. One image serves as both."""
+    order = np.random.default_rng(seed).permutation(count)
+    if count == 1:
+        print("training on 1 image and validating on that same image: with one image nothing can be held out, "
+              "so the validation metrics are not those of unseen images (add images for a fair measure)", flush=True)
+        return order, order
+    n_val = min(count - 1, max(1, int(round(count * fraction))))
+    print(f"training on {count - n_val} images, validating on {n_val} ({100 * n_val / count:.3g} %)", flush=True)
+    return order[n_val:], order[:n_val]
+
+
+def _kept_epoch(checkpoint_dir, monitor, mode):
+    """The epoch whose weights best.keras holds: the first with the best ``monitor`` in
+    history.csv (ModelCheckpoint saves on strict improvements only); None before any epoch."""
+    import csv
+
+    try:
+        rows = list(csv.DictReader(open(Path(checkpoint_dir) / "history.csv")))
+    except OSError:
+        return None
+    values = []
+    for row in rows:
+        try:
+            value = float(row[monitor])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            values.append((value, int(row["epoch"]) + 1))
+    if not values:
+        return None
+    value, epoch = (max if mode == "max" else min)(values, key=lambda v: v[0])
+    return {"epoch": epoch, "metric": monitor, "value": round(value, 4), "epochs": len(rows),
+            "rule": f"the epoch with the {'highest' if mode == 'max' else 'lowest'} {monitor}"}
+
+
+def _stop_reason(*, interrupted, done, target, this_run, early_stopped, time_budget, config, monitor, unit="steps"):
+    """Why a run ended, for the console and the model card."""
+    of = f"{done} of {target} {unit}"
+    resume = f"; `--resume` (same --checkpoint-dir) trains the remaining {target - done}"
+    if interrupted:
+        reason, message = "interrupted", f"interrupted (Ctrl-C) after {of}{resume}"
+    elif done >= target:
+        reason, message = f"all {unit} done", f"all {target} {unit} done"
+    elif early_stopped:
+        reason, message = "early stop", (f"early stop after {config.patience_epochs} epochs without improvement "
+                                         f"of {monitor}, after {of}")
+    elif time_budget:
+        reason, message = "time budget", f"time budget of {config.max_seconds / 60:g} min reached after {of}{resume}"
+    else:
+        reason, message = "stopped", f"stopped after {of}"
+    return {"reason": reason, "message": message, f"{unit}_done": done, f"{unit}_requested": target,
+            f"{unit}_this_run": this_run}
+
+
+def _say_how_it_ended(stopped, kept):
+    """One line: why training stopped and which epoch the model is."""
+    if kept is None:
+        print(f"training stopped: {stopped['message']}", flush=True)
+        return
+    if kept.get("value") is None:
+        print(f"training stopped: {stopped['message']}; kept epoch {kept['epoch']}: {kept['rule']}", flush=True)
+        return
+    print(f"training stopped: {stopped['message']}; kept epoch {kept['epoch']} of {kept['epochs']}, "
+          f"{kept['rule']} ({kept['value']:.4g})", flush=True)
+
+
+def _fit(model, data, *, config, checkpoint_dir, resuming, initial_epoch, steps_per_epoch, target, monitor, mode,
+         output, progress, callbacks=(), **fit_arguments):
+    """``model.fit`` until ``target`` optimizer steps in all (a resumed checkpoint's included),
+    with the checkpointing callbacks. Ctrl-C ends training as the time budget does, so that the
+    best epoch so far can be written; the caller raises KeyboardInterrupt after writing it.
+
+    Returns a dict: ``stopped`` (why, :func:`_stop_reason`), ``kept`` (:func:`_kept_epoch`),
+    ``interrupted``, ``wall`` (this run's seconds) and ``previous_wall`` (earlier runs')."""
+    checkpoint_dir = Path(checkpoint_dir)
+    done = _steps_done(model) if resuming else 0
+    if done >= target:
+        raise _nothing_left(checkpoint_dir, done, target, output)
+    if resuming:
+        print(f"resuming from {checkpoint_dir / 'last.keras'} after epoch {initial_epoch} ({done} of {target} steps)",
+              flush=True)
+    previous_wall = _previous_wall_time(checkpoint_dir) if resuming else 0.0
+    budget = StepBudget(done, target)
+    standard = _checkpointing_callbacks(config, checkpoint_dir, previous_wall, monitor, mode, resuming=resuming)
+    early = next(c for c in standard if isinstance(c, keras.callbacks.EarlyStopping))
+    clock = next((c for c in standard if isinstance(c, TimeBudget)), None)
+    start = time.time()
+    interrupted = False
+    try:
+        model.fit(data, epochs=initial_epoch + math.ceil((target - done) / steps_per_epoch), initial_epoch=initial_epoch,
+                  callbacks=[budget, *callbacks, *standard], verbose=1 if progress else 2, **fit_arguments)
+    except KeyboardInterrupt:
+        interrupted = True
+    wall = time.time() - start
+    stopped = _stop_reason(interrupted=interrupted, done=budget.total, target=target, this_run=budget.steps,
+                           early_stopped=early.stopped_epoch > 0, time_budget=clock is not None and clock.reached,
+                           config=config, monitor=monitor)
+    kept = _kept_epoch(checkpoint_dir, monitor, mode) if (checkpoint_dir / "best.keras").exists() else None
+    if interrupted and kept is None:
+        print(f"training {stopped['message']}, before its first epoch ended: no model written", flush=True)
+        raise KeyboardInterrupt
+    _say_how_it_ended(stopped, kept)
+    if interrupted:
+        print("writing the kept epoch's model (Ctrl-C again abandons it; the checkpoints stay)", flush=True)
+    return {"stopped": stopped, "kept": kept, "interrupted": interrupted, "wall": wall, "previous_wall": previous_wall}
 
 
 def _best_so_far(checkpoint_dir, key, pick):
@@ -477,11 +694,9 @@ def train_vae(config, *, progress=True):
 
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
-    output = Path(config.output)
-    checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    output = _check_output(config.output)
+    checkpoint_dir, resuming = _open_checkpoint_dir(config, output)
     last = checkpoint_dir / "last.keras"
-    resuming = config.resume and last.exists()
     shape = {"image_size": config.size, "channels": config.channels, "latent_dim": config.latent_dim,
              "filters": tuple(config.filters)}
     source = None
@@ -499,11 +714,14 @@ def train_vae(config, *, progress=True):
                                  f"the config says {value}: make them agree")
 
     images = load_image_array(config.data, size=config.size, channels=config.channels, crop=config.crop or None)
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(images))
-    n_val = max(1, int(round(len(images) * config.validation_fraction)))
-    val = images[order[:n_val]].astype(np.float32) / 255.0
-    train = images[order[n_val:]]
+    train_order, val_order = _split_for_validation(len(images), config.validation_fraction, config.seed)
+    val = images[val_order].astype(np.float32) / 255.0
+    train = images[train_order]
+    if len(train) < config.batch_size:
+        raise ValueError(
+            f"{len(train)} training image(s) ({len(images)} found, {len(images) - len(train)} held out for validation) "
+            f"are fewer than "
+            f"one batch of {config.batch_size}: lower --batch-size to at most {max(1, len(train))} or add images")
 
     class Batches(keras.utils.PyDataset):
         """Shuffled batches, flipped at random when asked; seeded by (seed, epoch)."""
@@ -559,20 +777,15 @@ def train_vae(config, *, progress=True):
         def on_epoch_end(self, epoch, logs=None):
             _save_sample_sheet(self.model, grid_z, checkpoint_dir, epoch)
 
-    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
     mixture_scores = None
     if config.adversarial_weight > 0:
         # The encoder, and with it the latents and their mixture, stay the init model's.
-        start = time.time()
-        model = _sharpen_decoder(model, train, val, config, checkpoint_dir, initial_epoch, previous_wall, progress)
-        wall = time.time() - start
+        model, run = _sharpen_decoder(model, train, val, config, checkpoint_dir, resuming, output, progress)
     else:
-        callbacks = [SampleGrid(),
-                     *_checkpointing_callbacks(config, checkpoint_dir, previous_wall, "val_neg_elbo", "min")]
-        start = time.time()
-        model.fit(data, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(val,),
-                  validation_batch_size=256, callbacks=callbacks, verbose=1 if progress else 2)
-        wall = time.time() - start
+        run = _fit(model, data, config=config, checkpoint_dir=checkpoint_dir, resuming=resuming,
+                   initial_epoch=initial_epoch, steps_per_epoch=len(data), target=config.epochs * len(data),
+                   monitor="val_neg_elbo", mode="min", output=output, progress=progress, callbacks=[SampleGrid()],
+                   validation_data=(val,), validation_batch_size=256)
         model = _best_float32(model, checkpoint_dir)
 
         # Ex-post density estimation: a Gaussian mixture over the training set's posterior means.
@@ -594,17 +807,21 @@ def train_vae(config, *, progress=True):
         nll.append(np.asarray(a))
         kl.append(np.asarray(b))
     nll, kl = np.concatenate(nll), np.concatenate(kl)
-    return _ship(model, output, checkpoint_dir, job="generate", curve_metric="val_neg_elbo", card={
+    _ship(model, output, checkpoint_dir, job="generate", curve_metric="val_neg_elbo", card={
         "training": {
             "data": [str(d) for d in config.data],
             "images": int(len(train)),
-            "validation_images": int(len(val)),
+            "validation_images": int(len(val)) if len(images) > 1 else "the training image (nothing held out)",
             "preprocessing": f"centre crop {'to ' + str(config.crop) + ' px' if config.crop else 'to the largest square'}, "
                              f"Lanczos resize to {config.size}x{config.size}" + (", random horizontal flips" if config.flip else ""),
             "epochs_run": len(list(open(checkpoint_dir / "history.csv"))) - 1,
+            "steps_done": run["stopped"]["steps_done"],
+            "steps_run_this_run": run["stopped"]["steps_this_run"],
+            "stopped": run["stopped"],
+            "kept_epoch": run["kept"],
             "batch_size": config.batch_size,
             "precision_policy": policy,
-            "wall_time_seconds": round(wall + previous_wall, 1),
+            "wall_time_seconds": round(run["wall"] + run["previous_wall"], 1),
             "config": _plain(dataclasses.asdict(config)),
             **({"mixture_selection": {
                 "components": model.mixture_components,
@@ -617,6 +834,7 @@ def train_vae(config, *, progress=True):
             "validation_kl_nats": round(float(np.mean(kl)), 3),
         },
     })
+    return _finish(output, run)
 
 
 def _discriminator(size, channels, width):
@@ -652,9 +870,10 @@ def _diff_augment(x, seed):
     return tf.gather(x, shifts[:, 1:] + tf.range(size)[None], axis=2, batch_dims=1)
 
 
-def _sharpen_decoder(model, train, val, config, checkpoint_dir, initial_epoch, previous_wall, progress):
+def _sharpen_decoder(model, train, val, config, checkpoint_dir, resuming, output, progress):
     """Fine-tune a VAE's decoder adversarially (`imageae train vae --adversarial-weight`);
-    returns the float32 model holding the decoder's exponential moving average.
+    returns the float32 model holding the decoder's exponential moving average, and what
+    happened (as :func:`_fit` says it).
 
     A Gaussian VAE's decoder outputs the mean of what could be there: blurred faces, which is
     what an Inception FID sees first (vae-faces64's reconstructions of test faces score about
@@ -692,6 +911,8 @@ def _sharpen_decoder(model, train, val, config, checkpoint_dir, initial_epoch, p
     last = next(i for i, v in enumerate(decoder) if v is model.decoder_out.kernel)  # the adaptive weight's layer
     critic = _discriminator(model.image_size, model.channels, config.discriminator_width)
     critic_file = Path(checkpoint_dir) / "discriminator.weights.h5"
+    state = json.loads((Path(checkpoint_dir) / "state.json").read_text()) if resuming else {}
+    initial_epoch = int(state.get("epoch", 0))
     if initial_epoch and critic_file.exists():
         critic.load_weights(critic_file)
     optimizer_g = keras.optimizers.Adam(config.learning_rate, beta_1=0.5, beta_2=0.9)
@@ -740,42 +961,66 @@ def _sharpen_decoder(model, train, val, config, checkpoint_dir, initial_epoch, p
     grid_z = mix_means[np.random.default_rng(1234).choice(len(weights), 64, p=weights)]
     history = Path(checkpoint_dir) / "history.csv"
     steps_per_epoch = max(1, len(images) // batch)
+    target = config.epochs * steps_per_epoch
+    done = int(state.get("steps", initial_epoch * steps_per_epoch))
+    if done >= target:
+        raise _nothing_left(checkpoint_dir, done, target, output)
+    if resuming:
+        print(f"resuming from {checkpoint_dir / 'last.keras'} after epoch {initial_epoch} ({done} of {target} steps)",
+              flush=True)
+    previous_wall = float(state.get("wall_time_seconds", 0.0))
     start = time.time()
-    epoch = initial_epoch
+    epoch, this_run, interrupted, out_of_time = initial_epoch, 0, False, False
     with open(history, "a" if initial_epoch else "w", newline="") as log:
         writer = csv.writer(log)
         if not initial_epoch:
             writer.writerow(["epoch", "loss", "adversarial", "critic", "adversarial_weight", "val_neg_elbo"])
-        for epoch in range(initial_epoch, config.epochs):
+        while done < target and not (interrupted or out_of_time):
             rng = np.random.default_rng([config.seed, epoch])
-            bar = keras.utils.Progbar(steps_per_epoch, verbose=1 if progress else 0,
+            steps = min(steps_per_epoch, target - done)  # a resumed cut epoch's remainder comes last
+            bar = keras.utils.Progbar(steps, verbose=1 if progress else 0,
                                       stateful_metrics=["l1", "adversarial", "critic", "weight"])
-            sums = np.zeros(4)
-            for i in range(steps_per_epoch):
-                idx = rng.integers(0, len(images), batch)
-                x = images[idx].astype(np.float32) / 255.0
-                z_post = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, np.float32)
-                comp = rng.choice(len(weights), batch, p=weights)
-                z_mix = mix_means[comp] + mix_stds[comp] * rng.standard_normal(mix_means[comp].shape, np.float32)
-                values = [float(v) for v in step(x, z_post, z_mix, tf.constant([config.seed, epoch * steps_per_epoch + i],
-                                                                                 tf.int32))]
-                sums += values
-                bar.update(i + 1, list(zip(["l1", "adversarial", "critic", "weight"], values)))
-                if config.max_seconds and time.time() - start > config.max_seconds:
-                    break
+            sums, i = np.zeros(4), 0
+            try:
+                for i in range(steps):
+                    idx = rng.integers(0, len(images), batch)
+                    x = images[idx].astype(np.float32) / 255.0
+                    z_post = means[idx] + stds[idx] * rng.standard_normal(means[idx].shape, np.float32)
+                    comp = rng.choice(len(weights), batch, p=weights)
+                    z_mix = mix_means[comp] + mix_stds[comp] * rng.standard_normal(mix_means[comp].shape, np.float32)
+                    values = [float(v) for v in step(x, z_post, z_mix,
+                                                     tf.constant([config.seed, epoch * steps_per_epoch + i], tf.int32))]
+                    sums += values
+                    done, this_run = done + 1, this_run + 1
+                    bar.update(i + 1, list(zip(["l1", "adversarial", "critic", "weight"], values)))
+                    if config.max_seconds and time.time() - start > config.max_seconds:
+                        out_of_time = True
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+                break
             snapshot = averaged_float32()
             nll, kl = snapshot.negative_elbo(val[:256], sample=False)
             writer.writerow([epoch, *(sums / (i + 1)), float(np.mean(np.asarray(nll) + np.asarray(kl)))])
             log.flush()
             critic.save_weights(critic_file)
-            _save_last(snapshot, checkpoint_dir, epoch, previous_wall + time.time() - start)
+            _save_last(snapshot, checkpoint_dir, epoch, previous_wall + time.time() - start, steps=done)
             _save_sample_sheet(snapshot, grid_z, checkpoint_dir, epoch)
             if not progress:
                 print(f"epoch {epoch + 1}/{config.epochs}: l1 {sums[0] / (i + 1):.4f} critic {sums[2] / (i + 1):.3f} "
                       f"weight {sums[3] / (i + 1):.4f}", flush=True)
-            if config.max_seconds and time.time() - start > config.max_seconds:
-                break
-    return averaged_float32()
+            epoch += 1
+    stopped = _stop_reason(interrupted=interrupted, done=done, target=target, this_run=this_run, early_stopped=False,
+                           time_budget=out_of_time, config=config, monitor="val_neg_elbo")
+    if interrupted and not done:
+        print(f"training {stopped['message']}, before its first step: no model written", flush=True)
+        raise KeyboardInterrupt
+    kept = {"epoch": epoch if not interrupted else f"{epoch + 1} (cut short)", "metric": "val_neg_elbo", "value": None,
+            "rule": "the exponential moving average of the decoder's weights where training ended "
+                    "(no best-epoch selection for a GAN)"}
+    _say_how_it_ended(stopped, kept)
+    return averaged_float32(), {"stopped": stopped, "kept": kept, "interrupted": interrupted,
+                                "wall": time.time() - start, "previous_wall": previous_wall}
 
 
 def _rebuilt_vae(model, policy, **overrides):
@@ -930,11 +1175,9 @@ def train_codec(config, *, progress=True):
 
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
-    output = Path(config.output)
-    checkpoint_dir = Path(config.checkpoint_dir or output.with_suffix("")).resolve()
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    output = _check_output(config.output)
+    checkpoint_dir, resuming = _open_checkpoint_dir(config, output)
     last = checkpoint_dir / "last.keras"
-    resuming = config.resume and last.exists()
     # The model to start from: the last checkpoint, the --init model, or none; the lambdas:
     # the checkpoint's, else the config's, else the --init model's, else CODEC_LAMBDAS.
     source = None
@@ -948,11 +1191,9 @@ def train_codec(config, *, progress=True):
         source.lambdas if resuming else config.lambdas or (source.lambdas if source else CODEC_LAMBDAS)))
 
     images = [_pad_to(img, config.patch_size) for img in load_training_images(config.data, 3, uint8=True)]
-    rng = np.random.default_rng(config.seed)
-    order = rng.permutation(len(images))
-    n_val = max(1, round(len(images) * config.validation_fraction))
-    val_images = [images[i] for i in order[:n_val]]
-    train_images = [images[i] for i in order[n_val:]] or val_images
+    train_order, val_order = _split_for_validation(len(images), config.validation_fraction, config.seed)
+    val_images = [images[i] for i in val_order]
+    train_images = [images[i] for i in train_order]
     p = config.patch_size
     val = np.stack([
         img[(img.shape[0] - p) // 2 : (img.shape[0] - p) // 2 + p, (img.shape[1] - p) // 2 : (img.shape[1] - p) // 2 + p]
@@ -964,13 +1205,11 @@ def train_codec(config, *, progress=True):
     # uint8 batches: the codec scales them itself (HyperpriorCodec accepts 0..255 integers).
     train_data = RandomCrops(train_images, config, channels=3, augment=_random_hflip, paired=False, scale=False)
 
-    epochs = math.ceil(config.steps / config.steps_per_epoch)
     initial_epoch = 0
     if resuming:
         model = source
         initial_epoch = json.loads((checkpoint_dir / "state.json").read_text())["epoch"]
         train_data.epoch = initial_epoch
-        print(f"resuming from {last} at epoch {initial_epoch}")
     else:
         if source is not None:
             for key in ("num_filters", "num_latent", "mean_scale"):
@@ -987,16 +1226,13 @@ def train_codec(config, *, progress=True):
                                 quantization=config.quantization)
         model.compile(optimizer=keras.optimizers.Adam(_cosine_schedule(config), clipnorm=config.clipnorm))
 
-    previous_wall = _previous_wall_time(checkpoint_dir) if config.resume else 0.0
-    steps = CountSteps()
-    callbacks = [steps, *_checkpointing_callbacks(config, checkpoint_dir, previous_wall, "val_loss", "min")]
-    start = time.time()
-    model.fit(train_data, epochs=epochs, initial_epoch=initial_epoch, validation_data=(val_repeated,),
-              validation_batch_size=len(lambdas), callbacks=callbacks, verbose=1 if progress else 2)
-    wall = time.time() - start
+    run = _fit(model, train_data, config=config, checkpoint_dir=checkpoint_dir, resuming=resuming,
+               initial_epoch=initial_epoch, steps_per_epoch=config.steps_per_epoch, target=config.steps,
+               monitor="val_loss", mode="min", output=output, progress=progress,
+               validation_data=(val_repeated,), validation_batch_size=len(lambdas))
     model = freeze_coding_tables(_best_float32(model, checkpoint_dir))  # the integer z tables, saved with it
     val_bpp, val_psnr = _codec_validation_metrics(model, val)
-    return _ship(model, output, checkpoint_dir, job="compress", curve_metric="val_psnr",
+    _ship(model, output, checkpoint_dir, job="compress", curve_metric="val_psnr",
                  architecture={"stride": model.stride}, card={
         "rate_distortion": {
             "qualities": len(lambdas),
@@ -1009,15 +1245,18 @@ def train_codec(config, *, progress=True):
             "data": [str(d) for d in config.data],
             "init": config.init or None,
             "images": len(train_images),
-            "validation_images": len(val_images),
+            "validation_images": len(val_images) if len(images) > 1 else "the training image (nothing held out)",
             "steps": config.steps,
-            "steps_run_this_run": steps.steps,
+            "steps_done": run["stopped"]["steps_done"],
+            "steps_run_this_run": run["stopped"]["steps_this_run"],
+            "stopped": run["stopped"],
+            "kept_epoch": run["kept"],
             "batch_size": config.batch_size,
             "patch_size": config.patch_size,
             "augmentation": "random crops, random horizontal flips",
             "quantization_proxy": QUANTIZATIONS[model.quantization],
             "precision_policy": policy,
-            "wall_time_seconds": round(wall + previous_wall, 1),
+            "wall_time_seconds": round(run["wall"] + run["previous_wall"], 1),
             "config": _plain(dataclasses.asdict(config)),
         },
         "metrics": {
@@ -1026,3 +1265,4 @@ def train_codec(config, *, progress=True):
             "validation_psnr_db_by_quality": [round(v, 3) for v in val_psnr],
         },
     })
+    return _finish(output, run)
