@@ -172,12 +172,10 @@ def _pil_as_array(image):
         return x, pil(lambda y: Image.frombytes(mode, size, back(y).astype(array.dtype).tobytes()))
     if mode == "I":
         array = np.asarray(image)
-        low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 65535:
-            raise ValueError(f"mode 'I' images are denoised on the 16-bit scale 0..65535; this one holds values "
-                             f"from {low} to {high}. Scale it into 0..65535 first (or pass a float array on 0..1)")
-        x, back = _array_restorer(array.astype(np.uint16))
-        return x, pil(lambda y: Image.fromarray(back(y).astype(np.int32)))
+        raise ValueError(f"mode 'I' (32-bit integer) images have no fixed scale: 0..255 after image.convert('I'), "
+                         f"0..65535 from 16-bit files (this one holds {int(array.min())}..{int(array.max())}). Say which: "
+                         "pass np.asarray(image).astype(np.uint16) for 16-bit data or .astype(np.uint8) for 8-bit data "
+                         "(the result comes back as that array)")
     if mode == "F":
         x, back = _array_restorer(np.asarray(image, dtype=np.float32))
         return x, pil(lambda y: Image.fromarray(back(y)))
@@ -261,7 +259,8 @@ def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4, s
         "YCbCr", "HSV", "LAB", "RGBX"        through RGB with Pillow's conversions and back
                                              ("LAB": colours outside sRGB are clipped)
         "I;16", "I;16L", "I;16B", "I;16N"    16-bit grey, byte order kept
-        "I" (32-bit integers)                16-bit scale 0..65535; other values refused
+        "I" (32-bit integers)                refused: its scale is unknown; pass a uint16
+                                             or uint8 array
         "F" (32-bit floats)                  the 0..1 scale, as float arrays; result 0..1
         "P", "PA" (palette)                  refused: a palette would undo the denoising;
                                              convert to "RGB"/"RGBA" first
