@@ -12,15 +12,14 @@ stand-ins of conftest.py.
 """
 
 import io
-import struct
 
 import cv2
 import numpy as np
 import pytest
+from conftest import bright_corner, exif_orientation_bytes, marked_corner_image, run_cli
 from PIL import Image, ImageCms
 
 import imageae
-from conftest import bright_corner, exif_orientation_bytes, marked_corner_image, run_cli
 from imageae.data.io import (
     DecodedImage,
     ImageReadError,

@@ -7,8 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import (
     bright_corner,
     exif_orientation_bytes,
@@ -19,6 +17,8 @@ from conftest import (
     save_truncated_jpeg,
     smooth_image,
 )
+from PIL import Image
+
 from imageae.data import io as image_io
 from imageae.data.io import (
     DecodedImage,

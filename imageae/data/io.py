@@ -191,7 +191,7 @@ def _walk(root, recursive, extensions, problems):
 def _exif_orientation(img):
     try:
         return int(img.getexif().get(0x0112, 1))
-    except Exception:  # a broken EXIF block must not make a readable image unreadable
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unreadable
         return 1
 
 
@@ -268,7 +268,7 @@ def _read_exif(img, fmt, orientation):
             exif[_ORIENTATION] = 1
             patched = exif.tobytes()
         return patched
-    except Exception:  # a broken EXIF block must not make a readable image unreadable
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unreadable
         return None
 
 
@@ -508,7 +508,7 @@ def _png_with_metadata(data, icc, exif):
     if icc:
         chunks += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
     if exif:
-        chunks += _png_chunk(b"eXIf", exif[len(_EXIF_HEADER):] if exif.startswith(_EXIF_HEADER) else exif)
+        chunks += _png_chunk(b"eXIf", exif.removeprefix(_EXIF_HEADER))
     end_of_ihdr = 8 + 12 + struct.unpack_from(">I", data, 8)[0]
     return data[:end_of_ihdr] + chunks + data[end_of_ihdr:]
 
