@@ -78,12 +78,86 @@ synthesis trains on the rounded latents that decoding will give it.
 
 _EPILOG_GENERATE = """\
 examples:
-  imageae generate -n 64 -o digits/ --grid                  64 digits and a contact sheet
+  imageae generate -n 64 -o digits/ --grid                  64 digits (the default model, vae-digits)
+                                                            and a contact sheet
   imageae generate -n 16 -o faces/ --model vae-faces64 --seed 7 --temperature 0.8
   imageae generate -n 1000 -o out/ --sampler normal         sample the plain N(0, I) prior
+  imageae generate -n 100 -o digits/ --grid --no-files      only the contact sheet
 
-The same --seed gives the same images on any machine.
+Samples are written as they are made (any -n runs in bounded memory) as
+sample_00000.png, sample_00001.png, ...; existing files are kept unless --overwrite. The
+grid holds at most the first 1024 samples. Sampling and decoding run in float32 unless
+--precision says otherwise, so the same --seed gives the same images on every machine
+where float32 arithmetic rounds alike, and the same as a model exported with
+'imageae export' (sample i depends only on the seed and i: -n 10 gives the first 10 of -n 100).
 """
+
+_EPILOG_INTERPOLATE = """\
+examples:
+  imageae interpolate a.png b.png -o strip.png               8 steps with vae-digits (the default)
+  imageae interpolate face1.jpg face2.jpg -o morph.png --model vae-faces64 --steps 10
+
+Each image is centre-cropped to a square and resized to the model's size. The default model,
+vae-digits, knows 28x28 grey handwritten digits only: a photo comes out as a digit-like blob
+(a warning says so); use --model vae-faces64 for photos of faces. An existing -o file is kept
+unless --overwrite.
+"""
+
+_EPILOG_RECONSTRUCT = """\
+examples:
+  imageae reconstruct digits/ -o recon/                      with vae-digits (the default)
+  imageae reconstruct faces/ -o recon/ --model vae-faces64
+
+Each image is centre-cropped to a square, resized to the model's size, encoded and decoded,
+and written as PNG at that size, mirroring the input tree. The default model, vae-digits, knows
+28x28 grey handwritten digits only: photos come out as digit-like blobs (a warning names each
+image that does not fit the model); use --model vae-faces64 for photos of faces. Existing
+outputs are kept unless --overwrite; unreadable files are named and the rest goes on (exit 1).
+"""
+
+# generate --grid: a contact sheet of at most this many samples (a sheet of 10 million would
+# take gigabytes); the samples themselves are all written.
+GRID_LIMIT = 1024
+
+
+def _add_vae_runtime_flags(parser):
+    """--device and --precision for the VAE commands, whose 'auto' precision is float32."""
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "gpu"], default="auto",
+        help="where to compute: a GPU when TensorFlow sees one (auto), or force one (default: auto)",
+    )
+    parser.add_argument(
+        "--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
+        help="compute precision: auto = float32 (the same images as on machines without bfloat16 and as an "
+             "exported model); the mixed ones move pixels by a few grey levels (default: auto)",
+    )
+
+
+def _seed(text):
+    """An argparse type: a seed in 0..2**63-1 (TensorFlow's stateless seeds are int64)."""
+    from imageae.generation import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number in 0..2**63-1, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number in 0..2**63-1 ({MAX_SEED}), got {value}")
+    return value
+
+
+def _temperature(text):
+    """An argparse type: a temperature in (0, 100]; inf, nan and <= 0 would give black images."""
+    from imageae.generation import MAX_TEMPERATURE
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < value <= MAX_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"--temperature must be positive and at most {MAX_TEMPERATURE:g} "
+                                         f"(1 samples the model's own spread), got {text!r}")
+    return value
 
 _EPILOG_TRAIN_VAE = """\
 examples:
@@ -248,32 +322,51 @@ def build_parser():
         epilog=_EPILOG_GENERATE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("-n", "--count", type=_positive_int, default=16, help="number of images (default: 16)")
-    p.add_argument("-o", "--output", required=True, help="output folder for sample_NNNNN.png files")
-    p.add_argument("--model", default="vae-digits", help="a generate model from 'imageae models' or a .keras path")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images (default: 0)")
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help="latent standard deviation scale; < 1 cleaner and less varied (default: 1.0)")
+    p.add_argument("-o", "--output", required=True, help="output folder for sample_NNNNN.png files (created)")
+    p.add_argument("--model", default="vae-digits",
+                   help="a generate model from 'imageae models' or a .keras path (default: vae-digits, 28x28 "
+                        "grey digits; vae-faces64 for 64x64 faces)")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="0..2**63-1; the same seed gives the same images (default: 0)")
+    p.add_argument("--temperature", type=_temperature, default=1.0,
+                   help="latent standard deviation scale, in (0, 100]; < 1 cleaner and less varied (default: 1.0)")
     p.add_argument("--sampler", choices=["normal", "gmm"], default="gmm",
                    help="gmm: the mixture fitted to the training latents (default); normal: the N(0, I) prior")
-    p.add_argument("--grid", action="store_true", help="also write grid.png, a contact sheet of all samples")
-    p.add_argument("--no-files", dest="files", action="store_false", help="with --grid: write only the grid")
-    _add_runtime_flags(p)
+    p.add_argument("--grid", action="store_true",
+                   help=f"also write grid.png, a contact sheet of the samples (the first {GRID_LIMIT} at most)")
+    p.add_argument("--no-files", dest="files", action="store_false",
+                   help="with --grid: write only grid.png, no sample files")
+    _add_folder_flags(p)
+    _add_vae_runtime_flags(p)
 
     p = commands.add_parser("interpolate", help="morph between two images through a VAE's latent space",
-                            description="Decode points on a latent path between two images into one strip PNG.")
-    p.add_argument("image_a", metavar="A")
-    p.add_argument("image_b", metavar="B")
-    p.add_argument("-o", "--output", required=True, help="output PNG file (a horizontal strip)")
-    p.add_argument("--steps", type=_positive_int, default=8, help="images in the strip, ends included (default: 8)")
-    p.add_argument("--model", default="vae-digits", help="a generate model or a .keras path")
-    _add_runtime_flags(p)
+                            description="Decode points on a latent path between two images into one strip image.",
+                            epilog=_EPILOG_INTERPOLATE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("image_a", metavar="A", help="the image the strip starts from")
+    p.add_argument("image_b", metavar="B", help="the image it ends at")
+    p.add_argument("-o", "--output", required=True,
+                   help="output image file, a horizontal strip (PNG; .jpg, .webp, .tif, .bmp by extension)")
+    p.add_argument("--steps", type=_int_at_least(2, "a whole number >= 2"), default=8,
+                   help="images in the strip, ends included (default: 8)")
+    p.add_argument("--model", default="vae-digits",
+                   help="a generate model or a .keras path (default: vae-digits, 28x28 grey digits; "
+                        "vae-faces64 for faces)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--skip-existing", dest="overwrite", action="store_false", default=False,
+                       help="keep the output if it already exists (default)")
+    group.add_argument("--overwrite", dest="overwrite", action="store_true", help="replace an existing output")
+    _add_vae_runtime_flags(p)
 
     p = commands.add_parser("reconstruct", help="encode and decode images with a VAE",
-                            description="Write each image as the VAE reconstructs it (centre-cropped, resized).")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders")
-    p.add_argument("-o", "--output", required=True, help="output folder (mirrors the input tree, PNG)")
-    p.add_argument("--model", default="vae-digits", help="a generate model or a .keras path")
-    _add_runtime_flags(p)
+                            description="Write each image as the VAE reconstructs it (centre-cropped, resized).",
+                            epilog=_EPILOG_RECONSTRUCT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
+    p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree, PNG)")
+    p.add_argument("--model", default="vae-digits",
+                   help="a generate model or a .keras path (default: vae-digits, 28x28 grey digits; "
+                        "vae-faces64 for faces)")
+    _add_folder_flags(p)
+    _add_vae_runtime_flags(p)
 
     p = commands.add_parser(
         "export", help="export a model as a SavedModel for TensorFlow Serving",
@@ -464,57 +557,130 @@ def _progress(args):
 
 
 def _cmd_generate(args):
-    from imageae.api import generate
+    import numpy as np
+
+    from imageae.api import generate_batches
     from imageae.generation import contact_sheet
-    from imageae.pipelines.folder import ensure_output_dir
+    from imageae.pipelines.folder import ensure_output_dir, progress_bar
 
     _configure_device(args.device)
-    if not args.temperature > 0:
-        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    if not args.files and not args.grid:
+        raise ValueError("--no-files writes only the contact sheet, so it needs --grid (as given, nothing would "
+                         "be written)")
+    # Checks every argument and loads the model before anything is created on disk.
+    batches = generate_batches(args.count, batch_size=256, model=args.model, seed=args.seed,
+                               temperature=args.temperature, sampler=args.sampler, precision=args.precision)
     out = ensure_output_dir(args.output)
-    images = generate(
-        args.count, model=args.model, seed=args.seed, temperature=args.temperature, sampler=args.sampler,
-        precision=args.precision,
-    )
-    if args.files or not args.grid:
-        for i, img in enumerate(images):
-            _write_png(out / f"sample_{i:05d}.png", img)
+    width = max(5, len(str(args.count - 1)))
+    grid_count = min(args.count, GRID_LIMIT) if args.grid else 0
+    grid, in_grid, written, kept, index = [], 0, 0, 0, 0
+    # With --no-files only the grid's samples are needed: stop sampling once it is full.
+    total = args.count if args.files else grid_count
+    with progress_bar(total, desc="generate", enabled=_progress(args)) as bar:
+        for batch in batches:
+            if in_grid < grid_count:
+                grid.append(batch[: grid_count - in_grid])
+                in_grid += len(grid[-1])
+            if not args.files:
+                bar.update(len(batch))
+                if in_grid >= grid_count:
+                    break
+                continue
+            for image in batch:
+                path = out / f"sample_{index:0{width}d}.png"
+                if not args.overwrite and path.exists():
+                    kept += 1
+                else:
+                    _write_png(path, image)
+                    written += 1
+                index += 1
+            bar.update(len(batch))
+    lines = []
+    if args.files:
+        lines.append(f"wrote {written} sample(s) to {out}")
+        if kept:
+            lines.append(f"  kept {kept} existing sample file(s) of the same name (--overwrite replaces them)")
     if args.grid:
-        _write_png(out / "grid.png", contact_sheet(images))
-    print(f"wrote {len(images)} image(s) to {out}" + (" and grid.png" if args.grid else ""))
+        grid_path = out / "grid.png"
+        what = f"a contact sheet of the first {grid_count} of {args.count} samples" if grid_count < args.count \
+            else f"a contact sheet of {grid_count} samples"
+        if not args.overwrite and grid_path.exists():
+            lines.append(f"kept the existing {grid_path} (--overwrite replaces it)")
+        else:
+            _write_png(grid_path, contact_sheet(np.concatenate(grid)))
+            lines.append(f"wrote {grid_path}: {what}" if args.files else
+                         f"wrote only {grid_path}: {what}; no sample files (--no-files)")
+    print("\n".join(lines))
     return EXIT_OK
 
 
+def _warn_misfit(command, path, pixels, model):
+    """Say on stderr when an input does not fit the VAE (a photo given to the digit model)."""
+    from imageae.api import _vae
+    from imageae.generation import input_fit_problem
+
+    problem = input_fit_problem(pixels, _vae(model), model)
+    if problem:
+        print(f"imageae {command}: warning: {path}: {problem}", file=sys.stderr)
+
+
 def _cmd_interpolate(args):
+    import warnings
+    from pathlib import Path
+
     from imageae.api import interpolate
-    from imageae.data.io import read_image
-    from imageae.generation import contact_sheet
+    from imageae.data.io import DecodedImage, output_format, read_image, write_image
+    from imageae.generation import InputFitWarning, contact_sheet
 
     _configure_device(args.device)
+    target = Path(args.output)
+    if target.is_dir():
+        raise ValueError(f"-o {target} is a folder; give the strip's file name, such as {target / 'strip.png'}")
+    fmt = output_format("PNG", target.suffix or None)  # refuses an extension it cannot write, before any work
+    if target.exists() and not args.overwrite:
+        print(f"kept the existing {target} (--overwrite replaces it)")
+        return EXIT_OK
     a, b = (read_image(p).pixels for p in (args.image_a, args.image_b))
-    strip = contact_sheet(interpolate(a, b, steps=args.steps, model=args.model), columns=args.steps)
-    _write_png(args.output, strip)
-    print(f"wrote {args.output}")
+    for path, pixels in ((args.image_a, a), (args.image_b, b)):
+        _warn_misfit("interpolate", path, pixels, args.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InputFitWarning)  # said above, with the file names
+        strip = contact_sheet(interpolate(a, b, steps=args.steps, model=args.model), columns=args.steps)
+    write_image(target, DecodedImage(strip, None, 8, "PNG"), fmt=fmt)
+    print(f"wrote {target}")
     return EXIT_OK
 
 
 def _cmd_reconstruct(args):
-    from pathlib import Path
+    import warnings
 
-    from imageae.api import reconstruct
-    from imageae.data.io import ImageReadError, find_images, read_image
+    from imageae.api import _vae, reconstruct
+    from imageae.data.io import read_image
+    from imageae.generation import InputFitWarning
+    from imageae.pipelines.folder import FolderReport, ensure_output_dir, plan_outputs, progress_bar
 
     _configure_device(args.device)
-    failed = 0
-    for path, relative in find_images(args.inputs):
-        try:
-            [img] = reconstruct([read_image(path).pixels], model=args.model)
-        except ImageReadError as error:
-            print(f"  FAILED {path}: {error}", file=sys.stderr)
-            failed += 1
-            continue
-        _write_png(Path(args.output) / relative.with_suffix(".png"), img)
-    return EXIT_FAILED if failed else EXIT_OK
+    _vae(args.model)  # an unknown or broken model is a usage error before anything is written
+    report = FolderReport()
+    tasks = plan_outputs(args.inputs, args.output, suffix_for=lambda path: ".png", overwrite=args.overwrite,
+                         report=report)
+    out = ensure_output_dir(args.output)
+    with progress_bar(len(tasks), desc="reconstruct", enabled=_progress(args)) as bar:
+        for task in tasks:
+            try:
+                pixels = read_image(task.source).pixels
+                _warn_misfit("reconstruct", task.source, pixels, args.model)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", InputFitWarning)
+                    [image] = reconstruct([pixels], model=args.model)
+                _write_png(task.target, image)
+                report.written.append(str(task.target))
+            except (ValueError, OSError) as error:  # this file's failure, not the run's
+                report.failed.append((str(task.source), str(error)))
+            bar.update(1)
+    print(report.summary("reconstructed") + (f"\n  written to {out}" if report.written else ""),
+          file=sys.stderr if report.failed else sys.stdout)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _cmd_export(args):
