@@ -281,6 +281,20 @@ def test_a_camera_jpeg_with_extra_mpo_pictures_is_read_as_its_primary_picture(tm
     assert bright_corner(decoded.pixels) == "tl"
 
 
+def test_a_tiff_whose_other_pages_are_its_thumbnails_is_read_as_its_full_page(tmp_path):
+    from PIL import TiffImagePlugin
+
+    full, thumbnail = Image.fromarray(marked_corner_image(16, 24)), Image.fromarray(np.zeros((4, 6, 3), np.uint8))
+    with open(tmp_path / "scan.tif", "w+b") as fp, TiffImagePlugin.AppendingTiffWriter(fp, new=True) as tiff:
+        for page, subfile_type in ((full, 0), (thumbnail, 1)):  # NewSubfileType 1: a reduced-resolution copy
+            page.encoderinfo, page.encoderconfig = {"tiffinfo": {254: subfile_type}}, ()
+            TiffImagePlugin._save(page, tiff, "scan.tif")
+            tiff.newFrame()
+    assert Image.open(tmp_path / "scan.tif").n_frames == 2
+    decoded = read_image(tmp_path / "scan.tif")
+    np.testing.assert_array_equal(decoded.pixels, marked_corner_image(16, 24))
+
+
 def test_a_folder_job_names_an_animated_file_and_exits_1_doing_the_rest(tmp_path, random_weight_models):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()

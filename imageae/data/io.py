@@ -369,6 +369,20 @@ def _describe_unreadable_tiff(data):
     return f"has {bits}-bit {kind} samples ({channels}); {_INTEGER_ONLY}: {fix}"
 
 
+def _page_count(img, fmt):
+    """Pages or frames in a file; a TIFF's reduced-resolution copies (thumbnails, pyramid levels:
+    NewSubfileType bit 0) are not pages of their own."""
+    frames = getattr(img, "n_frames", 1)
+    if fmt != "TIFF" or frames == 1:
+        return frames
+    pages = 0
+    for index in range(frames):
+        img.seek(index)
+        pages += not int(img.tag_v2.get(254, 0)) & 1
+    img.seek(0)
+    return max(pages, 1)
+
+
 def _split_hint(path):
     name = Path(path).name
     return (f"split it first, e.g. `magick '{name}' page-%03d.png` (ImageMagick) or "
@@ -396,7 +410,8 @@ def read_image(path):
         a mode imageae does not handle: floating-point and 32-bit samples, and files of
         several pages or frames (multi-page TIFF, animated GIF, WebP and PNG), which are
         refused rather than cut to their first frame. A JPEG with extra MPO pictures (the
-        previews or depth maps of some cameras) is read as its primary picture.
+        previews or depth maps of some cameras) is read as its primary picture, and so is a
+        TIFF whose other pages are reduced-resolution copies of it (thumbnails, pyramids).
     """
     path = Path(path)
     try:
@@ -409,6 +424,7 @@ def read_image(path):
         img = Image.open(io.BytesIO(data))
         fmt = img.format or "unknown"
         stored_orientation = _exif_orientation(img)
+        frames = _page_count(img, fmt)
         img.load()  # forces a full decode, so truncation is caught here, not later
     except Image.DecompressionBombError as error:
         raise ImageReadError(f"image too large: {error}") from None
@@ -420,7 +436,6 @@ def read_image(path):
                 raise ImageReadError(described) from None
             reason = "not an image file (unrecognised content)"
         raise ImageReadError(f"cannot decode image: {reason}") from None
-    frames = getattr(img, "n_frames", 1)
     if fmt == "MPO":  # a camera JPEG whose extra pictures are previews or depth maps
         fmt = "JPEG"
     elif frames > 1:
