@@ -172,7 +172,7 @@ def _pil_as_array(image):
         return x, pil(lambda y: Image.frombytes(mode, size, back(y).astype(array.dtype).tobytes()))
     if mode == "I":
         array = np.asarray(image)
-        low, high = int(array.min(initial=0)), int(array.max(initial=0))
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
         raise ValueError(f"mode 'I' (32-bit integer) images have no fixed scale: 0..255 after image.convert('I'), "
                          f"0..65535 from 16-bit files (this one holds {low}..{high}). Say which: "
                          "pass np.asarray(image).astype(np.uint16) for 16-bit data or .astype(np.uint8) for 8-bit data "
