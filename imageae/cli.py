@@ -240,10 +240,13 @@ def _add_folder_flags(parser):
 
 def _add_training_flags(parser, what):
     parser.add_argument("--max-minutes", type=float, default=0.0,
-                        help="stop after this much training time, keeping the best checkpoint (default: no limit)")
+                        help="stop after this much training time in this run, keeping the best epoch; --resume "
+                             "then trains the steps left (default: no limit)")
     parser.add_argument("--checkpoint-dir", default="",
                         help=f"{what} (default: next to --output; keep it outside the repo)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --checkpoint-dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in --checkpoint-dir up to the steps (or epochs) asked "
+                             "for, after a time cut or Ctrl-C")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
                         default="auto", help="training precision (default: auto)")
@@ -399,7 +402,9 @@ def build_parser():
     t.add_argument("--steps", type=_positive_int, default=14000, help="optimiser steps (default: 14000)")
     t.add_argument("--steps-per-epoch", type=_positive_int, default=500, help="steps between validations (default: 500)")
     t.add_argument("--batch-size", type=_positive_int, default=16, help="patches per step (default: 16)")
-    t.add_argument("--patch-size", type=_positive_int, default=96, help="patch side in pixels (default: 96)")
+    t.add_argument("--patch-size", type=_positive_int, default=96,
+                   help="patch side in pixels, a multiple of the U-Net's stride (8 for 3 levels); smaller images "
+                        "are left out and named (default: 96)")
     t.add_argument("--learning-rate", type=float, default=4e-4,
                    help="peak Adam learning rate, cosine decay (default: 4e-4; 1e-3 diverged)")
     t.add_argument("--sigma-min", type=float, default=0.0, help="smallest training noise sigma, 0..255 scale (default: 0)")
@@ -435,7 +440,7 @@ def build_parser():
     t.add_argument("--flip", action="store_true", help="random horizontal flips (faces yes, digits no)")
     t.add_argument("--epochs", type=_positive_int, default=30, help="epochs (default: 30)")
     t.add_argument("--batch-size", type=_positive_int,
-                   help="images per step (default: 128; 32 with --adversarial-weight)")
+                   help="images per step, at most the training images (default: 128; 32 with --adversarial-weight)")
     t.add_argument("--learning-rate", type=float,
                    help="Adam learning rate (default: 1e-3; 1e-4 for the decoder with --adversarial-weight, "
                         "twice that for its critic)")

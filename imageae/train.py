@@ -200,6 +200,7 @@ def train_denoiser(config, *, progress=True):
     from imageae.models.denoiser import NoiseTrainingWrapper, build_denoiser
     from imageae.runtime import set_precision
 
+    _check_run_settings(config, "steps", "steps_per_epoch", "batch_size", "patch_size")
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
     output = _check_output(config.output)
@@ -465,6 +466,17 @@ def _check_output(output):
     return output
 
 
+def _check_run_settings(config, *counts):
+    """Refuse settings no run can follow: counts (``steps``, ``batch_size`` ...) under 1 and a
+    time budget that is negative or not a number."""
+    for name in counts:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if not config.max_seconds >= 0:
+        raise ValueError(f"--max-minutes must be 0 (no limit) or positive, got {config.max_seconds / 60:g}")
+
+
 def _open_checkpoint_dir(config, output):
     """The run's checkpoint folder (created) and whether the run resumes from it. A fresh run
     removes an older run's best.keras there, so that only this run's epochs can be kept."""
@@ -692,6 +704,7 @@ def train_vae(config, *, progress=True):
     from imageae.models.vae import build_vae
     from imageae.runtime import set_precision
 
+    _check_run_settings(config, "epochs", "batch_size")
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
     output = _check_output(config.output)
@@ -1049,6 +1062,10 @@ def train_digit_classifier(images, labels, output, *, epochs=8, validation=2000,
     y = load_labels(labels)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
+    if not 0 < validation < len(x):
+        raise ValueError(f"--validation must hold out between 1 and {len(x) - 1} of the {len(x)} images, got {validation}")
+    print(f"training on {len(x) - validation} images, validating on the last {validation} "
+          f"({100 * validation / len(x):.3g} %)", flush=True)
     x_train, y_train, x_val, y_val = x[:-validation], y[:-validation], x[-validation:], y[-validation:]
     model = DigitClassifier()
     model.build((None, 28, 28, 1))
@@ -1173,6 +1190,7 @@ def train_codec(config, *, progress=True):
     from imageae.models.codec import QUANTIZATIONS, build_codec, with_lambdas
     from imageae.runtime import set_precision
 
+    _check_run_settings(config, "steps", "steps_per_epoch", "batch_size", "patch_size")
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
     output = _check_output(config.output)

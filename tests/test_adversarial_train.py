@@ -238,16 +238,34 @@ def test_vae_with_fewer_images_than_a_batch_says_what_to_do(patterns, tmp_path):
 def test_vae_time_cut_resumes_to_the_requested_epochs_and_cards_its_stop(patterns, tmp_path):
     argv = ["train", "vae", "--data", patterns, "-o", tmp_path / "v.keras", *TRAIN_VAE, "--batch-size", 8,
             "--checkpoint-dir", tmp_path / "ck", "--epochs", 2]
-    code, out, err = run_cli(*argv, "--max-minutes", 1e-9)
+    code, first, err = run_cli(*argv, "--max-minutes", 1e-9)
     assert code == 0, err
-    assert "training on 38 images, validating on 2 (5 %)" in out
     training = card_of(tmp_path / "v.keras")["training"]
-    assert training["stopped"]["reason"] == "time budget" and training["steps_done"] == 1
     code, out, err = run_cli(*argv, "--resume")
     assert code == 0, err
     model = keras.saving.load_model(tmp_path / "v.keras", compile=False)
     assert float(model.step.numpy()) == 2 * (38 // 8)  # both epochs' steps, the cut one's included
+    assert "training on 38 images, validating on 2 (5 %)" in first
+    assert training["stopped"]["reason"] == "time budget" and training["steps_done"] == 1
     card = card_of(tmp_path / "v.keras")
     assert card["training"]["stopped"]["reason"] == "all steps done" and card["training"]["steps_done"] == 8
     assert card["training"]["kept_epoch"]["metric"] == "val_neg_elbo"
     assert "validation_negative_elbo_nats" in card["metrics"]
+
+
+def test_settings_no_run_can_follow_are_refused_before_training(grey_folder, tmp_path):
+    from imageae.train import DenoiserTrainConfig, train_denoiser
+
+    code, _, err = run_cli(*denoiser_argv(grey_folder, tmp_path, "--max-minutes", -1))
+    assert code == 2 and "--max-minutes must be 0 (no limit) or positive, got -1" in err
+    with pytest.raises(ValueError, match="--steps must be a positive integer, got 0"):
+        train_denoiser(DenoiserTrainConfig(data=[str(grey_folder)], output=str(tmp_path / "d.keras"), steps=0))
+    assert not (tmp_path / "out").exists() and not (tmp_path / "d.keras").exists()
+
+    # the digit classifier must keep images to train on
+    images = np.zeros((12, 28, 28), np.uint8)
+    np.savez(tmp_path / "x.npz", images)
+    np.savez(tmp_path / "y.npz", np.arange(12) % 10)
+    code, _, err = run_cli("train", "digit-classifier", "--images", tmp_path / "x.npz", "--labels", tmp_path / "y.npz",
+                           "-o", tmp_path / "c.keras", "--validation", 12)
+    assert code == 2 and "--validation must hold out between 1 and 11 of the 12 images, got 12" in err
