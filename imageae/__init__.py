@@ -8,6 +8,7 @@ Public API::
     imageae.decompress(data)               # -> uint8 image
     imageae.compress_folder(src, dst), imageae.decompress_folder(src, dst)
     imageae.generate(n, model="vae-digits", seed=0, temperature=1.0)   # uint8 images
+    imageae.generate_batches(n, batch_size=256)   # the same images, streamed (any n)
     imageae.reconstruct(images), imageae.interpolate(a, b, steps=8)
     imageae.export_saved_model(name, dir, version=1)   # TF Serving layout
     imageae.load_model(name_or_path, job)  # a shipped model by name, or a .keras file
@@ -25,6 +26,7 @@ from imageae.api import (  # noqa: E402
     denoise,
     denoise_folder,
     generate,
+    generate_batches,
     interpolate,
     reconstruct,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "denoise_folder",
     "export_saved_model",
     "generate",
+    "generate_batches",
     "interpolate",
     "list_models",
     "load_model",

@@ -533,6 +533,8 @@ def reconstruct(images, *, model="vae-digits"):
 
     images = list(images)
     vae = _vae(model)
+    if not images:
+        return np.zeros((0, vae.image_size, vae.image_size, vae.channels), np.uint8)
     _warn_misfits(vae, model, images)
     x = np.concatenate([_vae_input(vae, im) for im in images])
     return decode_latents(vae, encode_images(vae, x))

@@ -596,7 +596,14 @@ def _cmd_generate(args):
                 if not args.overwrite and path.exists():
                     kept += 1
                 else:
-                    _write_png(path, image)
+                    try:
+                        _write_png(path, image)
+                    except OSError as error:  # a full disk, say: every later sample would fail too
+                        bar.close()
+                        print(f"imageae generate: error: cannot write {path}: {error.strerror or error}; stopped "
+                              f"after writing {written} sample(s) to {out} (each complete; rerun to go on: "
+                              "existing samples are kept)", file=sys.stderr)
+                        return EXIT_FAILED
                     written += 1
                 index += 1
             bar.update(len(batch))

@@ -308,6 +308,46 @@ def test_generate_into_a_path_below_a_file_is_one_clear_line(tmp_path, tiny):
     assert code == 2 and "is not a folder" in stderr and str(blocker) in stderr
 
 
+def test_generate_on_a_read_only_filesystem_is_one_clear_line(tmp_path, tiny, monkeypatch):
+    import errno
+    import os
+
+    import imageae.pipelines.folder
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(imageae.pipelines.folder.os, "makedirs", read_only)
+    code, _, stderr = run_cli("generate", "-n", 2, "-o", tmp_path / "ro", "--model", tiny)
+    assert code == 2 and "Traceback" not in stderr
+    assert str(tmp_path / "ro") in stderr and "Read-only file system" in stderr
+
+
+def test_generate_that_cannot_write_a_sample_stops_with_what_it_wrote(tmp_path, tiny, monkeypatch):
+    import errno
+    import os
+
+    import imageae.data.io
+
+    real, calls = imageae.data.io.write_bytes_atomic, []
+
+    def disk_full_after_two(path, data):
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(imageae.data.io, "write_bytes_atomic", disk_full_after_two)
+    code, _, stderr = run_cli("generate", "-n", 5, "-o", tmp_path / "out", "--model", tiny)
+    assert code == 1 and "Traceback" not in stderr
+    assert "sample_00002.png" in stderr and "No space left on device" in stderr and "after writing 2 sample(s)" in stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sample_00000.png", "sample_00001.png"]
+
+
+def test_api_reconstruct_of_no_images_is_an_empty_batch(tiny):
+    assert imageae.reconstruct([], model=tiny).shape == (0, 8, 8, 1)
+
+
 # -------------------------------------------------------------------------------- usage and help
 
 
