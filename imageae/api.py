@@ -419,7 +419,8 @@ def generate(n, *, model="vae-digits", seed=0, temperature=1.0, sampler="gmm", p
     precision : str
         "auto" (default) and "float32" compute in float32: the images are then those of the
         exported SavedModel (``imageae export``) for the same seed, bit for bit. "mixed_bfloat16"
-        or "mixed_float16" are faster on some hardware but move pixels by a few grey levels.
+        or "mixed_float16" are faster on hardware that has them (vae-faces64 about 2.5x on a
+        bfloat16 CPU) but move pixels by a few grey levels.
 
     Returns
     -------

@@ -129,7 +129,8 @@ def _add_vae_runtime_flags(parser):
     parser.add_argument(
         "--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
         help="compute precision: auto = float32 (the same images as on machines without bfloat16 and as an "
-             "exported model); the mixed ones move pixels by a few grey levels (default: auto)",
+             "exported model); mixed_bfloat16 is faster on CPUs that have it (vae-faces64: about 2.5x) but moves "
+             "pixels by a few grey levels (default: auto)",
     )
 
 
