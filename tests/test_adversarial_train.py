@@ -269,3 +269,24 @@ def test_settings_no_run_can_follow_are_refused_before_training(grey_folder, tmp
     code, _, err = run_cli("train", "digit-classifier", "--images", tmp_path / "x.npz", "--labels", tmp_path / "y.npz",
                            "-o", tmp_path / "c.keras", "--validation", 12)
     assert code == 2 and "--validation must hold out between 1 and 11 of the 12 images, got 12" in err
+
+
+def test_adversarial_sharpening_cut_by_time_resumes_to_the_requested_steps(patterns, tmp_path):
+    from imageae.models.vae import build_vae
+
+    vae = tmp_path / "v.keras"  # an untrained VAE is enough to sharpen
+    build_vae(image_size=8, channels=1, latent_dim=2, filters=(4, 8), likelihood="bernoulli",
+              mixture_components=2).save(vae)
+    argv = ["train", "vae", "--data", patterns, "--init", vae, "--adversarial-weight", 0.5, "-o", tmp_path / "s.keras",
+            "--batch-size", 8, "--epochs", 2, "--checkpoint-dir", tmp_path / "ck", "--precision", "float32"]
+    code, out, err = run_cli(*argv, "--max-minutes", 1e-9)
+    assert code == 0, err
+    assert "time budget of 1e-09 min reached after 1 of 8 steps" in out
+    code, out, err = run_cli(*argv, "--resume")
+    assert code == 0, err
+    # 38 training images in batches of 8: 4 steps an epoch, 8 in all (the old resume stopped at 5)
+    assert json.loads((tmp_path / "ck" / "state.json").read_text())["steps"] == 8
+    training = card_of(tmp_path / "s.keras")["training"]
+    assert training["stopped"]["reason"] == "all steps done" and training["steps_done"] == 8
+    assert "moving average" in training["kept_epoch"]["rule"]
+    assert len((tmp_path / "ck" / "history.csv").read_text().splitlines()) == 1 + 3  # cut epoch, then 4 + 3 steps
