@@ -156,6 +156,24 @@ def test_sixteen_bit_png_and_tiff_keep_icc_exif_and_sixteen_bits(tmp_path, fmt, 
     assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).dtype == np.uint16
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_adding_metadata_to_a_sixteen_bit_file_makes_no_extra_copy_of_it(fmt):
+    # a 24 Mpixel 16-bit photo is a 150-200 MB file: the chunks/IFD must not cost copies of it
+    import tracemalloc
+
+    pixels = np.random.default_rng(0).integers(0, 65536, (600, 800, 3), dtype=np.uint16)  # ~2.9 MB, incompressible
+    plain = DecodedImage(pixels, None, 16, fmt)
+    tagged = DecodedImage(pixels, None, 16, fmt, icc_profile=SRGB, exif=camera_exif(1))
+    peaks = []
+    for image in (plain, tagged):
+        tracemalloc.start()
+        data = encode_image(image, fmt)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert len(data) > 2_500_000
+    assert peaks[1] < peaks[0] + len(data) // 2, peaks
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("channels", [1, 3])
 def test_sixteen_bit_tiff_orientation_matches_eight_bit_orientation(tmp_path, orientation, channels):

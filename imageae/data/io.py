@@ -516,16 +516,40 @@ def _png_chunk(kind, body):
 
 
 def _png_with_metadata(data, icc, exif):
-    """A PNG's bytes with iCCP and eXIf chunks inserted right after IHDR (before any IDAT)."""
+    """A PNG's bytes with iCCP and eXIf chunks inserted right after IHDR (before any IDAT).
+
+    ``data`` is any bytes-like object (OpenCV's buffer); the result is built in one copy.
+    """
+    data = memoryview(data).cast("B")
     if not (icc or exif):
-        return data
+        return bytes(data)
     chunks = b""
     if icc:
         chunks += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
     if exif:
         chunks += _png_chunk(b"eXIf", exif.removeprefix(_EXIF_HEADER))
     end_of_ihdr = 8 + 12 + struct.unpack_from(">I", data, 8)[0]
-    return data[:end_of_ihdr] + chunks + data[end_of_ihdr:]
+    return b"".join([data[:end_of_ihdr], chunks, data[end_of_ihdr:]])
+
+
+class _ViewReader:
+    """The read/seek/tell of a file over a bytes-like object, without copying it as BytesIO does."""
+
+    def __init__(self, data):
+        self.data, self.position = data, 0
+
+    def seek(self, offset, whence=0):
+        self.position = (offset, self.position + offset, len(self.data) + offset)[whence]
+        return self.position
+
+    def tell(self):
+        return self.position
+
+    def read(self, size=-1):
+        end = len(self.data) if size is None or size < 0 else min(self.position + size, len(self.data))
+        chunk = bytes(self.data[self.position : end])
+        self.position = max(self.position, end)
+        return chunk
 
 
 _STRIP_OFFSETS = 273
@@ -538,21 +562,23 @@ def _tiff_with_metadata(data, icc, exif):
     The first IFD is rewritten at the end of the file with the extra tags (the pixel strips
     stay where they are) and the header is pointed at it. Pillow serialises the IFD, EXIF
     sub-IFDs included, but shifts StripOffsets by the IFD's own size, so they travel under a
-    private tag number and are renamed afterwards.
+    private tag number and are renamed afterwards. ``data`` is any bytes-like object
+    (OpenCV's buffer); the result is built in one copy.
     """
+    data = memoryview(data).cast("B")
     if not (icc or exif):
-        return data
+        return bytes(data)
     from PIL import TiffImagePlugin
 
-    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(bytes(data[:4]))
     if order is None:
         raise ImageWriteError("cannot attach the ICC profile and EXIF to this TIFF (not a classic TIFF); "
                               "write PNG instead")
-    source = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
-    stream = io.BytesIO(data)
+    source = TiffImagePlugin.ImageFileDirectory_v2(ifh=bytes(data[:8]))
+    stream = _ViewReader(data)
     stream.seek(struct.unpack_from(order + "I", data, 4)[0])
     source.load(stream)
-    ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
+    ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=bytes(data[:8]))
     for tag, value in source.items():
         target = _PLACEHOLDER_TAG if tag == _STRIP_OFFSETS else tag
         ifd.tagtype[target] = source.tagtype[tag]
@@ -577,8 +603,8 @@ def _tiff_with_metadata(data, icc, exif):
         renamed.append((_STRIP_OFFSETS if tag == _PLACEHOLDER_TAG else tag, entry[2:]))
     renamed.sort(key=lambda item: item[0])  # TIFF requires ascending tag order
     table[2 : 2 + 12 * count] = b"".join(struct.pack(order + "H", tag) + rest for tag, rest in renamed)
-    header = data[:4] + struct.pack(order + "I", start)
-    return header + data[8:] + b"\x00" * (start - len(data)) + bytes(table)
+    header = bytes(data[:4]) + struct.pack(order + "I", start)
+    return b"".join([header, data[8:], b"\x00" * (start - len(data)), table])
 
 
 def _png_grey_alpha_sixteen(grey, alpha):
@@ -639,8 +665,8 @@ def encode_image(image, fmt, *, quality=95):
         if not ok:
             raise ImageWriteError(f"OpenCV could not encode a 16-bit {fmt}")
         if fmt == "PNG":
-            return _png_with_metadata(buffer.tobytes(), icc, exif)
-        return _tiff_with_metadata(buffer.tobytes(), icc, exif)
+            return _png_with_metadata(buffer, icc, exif)
+        return _tiff_with_metadata(buffer, icc, exif)
     _check_icc_fits(icc, fmt, fmt == "WEBP", grey)
     if image.bit_depth == 16:
         pixels = np.round(pixels.astype(np.float32) / 257.0).astype(np.uint8)
