@@ -85,7 +85,7 @@ def load_training_images(inputs, channels, *, uint8=False, min_side=0):
         raise ValueError(f"none of the {len(left_out)} images in {where} can be used: each is unreadable or has a "
                          f"side under {min_side} pixels (the patch size); lower --patch-size or add larger images")
     if not images:
-        raise ValueError(f"no readable images found in {where}")
+        raise ValueError(f"no images found in {where}" + (f" that can be read ({len(left_out)} cannot)" if left_out else ""))
     return images
 
 

@@ -162,12 +162,12 @@ def test_early_stop_is_named_and_the_first_of_equal_epochs_is_kept(grey_folder, 
 
 @pytest.mark.parametrize(("make", "message"), [
     (lambda root: root / "missing", "no such file or folder"),
-    (lambda root: root, "no readable images found"),
+    (lambda root: root, "no images found in"),
 ])
-def test_denoiser_and_codec_refuse_missing_or_empty_data_clearly(tmp_path, make, message):
+def test_every_recipe_refuses_missing_or_empty_data_clearly(tmp_path, make, message):
     data = make(tmp_path / "data")
     (tmp_path / "data").mkdir()
-    for family in ("denoiser", "codec"):
+    for family in ("denoiser", "codec", "vae"):
         code, out, err = run_cli("train", family, "--data", data, "-o", tmp_path / f"{family}.keras",
                                  "--checkpoint-dir", tmp_path / f"ck-{family}")
         assert code == 2 and message in err and "Traceback" not in err + out, (family, err)
