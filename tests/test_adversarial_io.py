@@ -335,10 +335,11 @@ def test_float_tiff_is_refused_for_being_floating_point(tmp_path):
     assert "16-bit" in str(error.value)  # and says what to do
 
 
-@pytest.mark.parametrize("dtype, bits", [(np.float32, 32), (np.float64, 64)])
-def test_colour_float_tiff_is_refused_for_being_floating_point_not_for_being_no_image(tmp_path, dtype, bits):
-    cv2.imwrite(str(tmp_path / "f.tif"), np.full((4, 4, 3), 0.5, dtype))
-    with pytest.raises(ImageReadError, match=rf"{bits}-bit floating-point samples \(3 channels\)"):
+@pytest.mark.parametrize("dtype, what", [(np.float32, "32-bit floating-point"), (np.float64, "64-bit floating-point"),
+                                         (np.int32, "32-bit signed integer"), (np.uint32, "32-bit unsigned integer")])
+def test_colour_tiff_of_other_samples_is_refused_naming_them_not_as_no_image(tmp_path, dtype, what):
+    cv2.imwrite(str(tmp_path / "f.tif"), np.full((4, 4, 3), 1, dtype))
+    with pytest.raises(ImageReadError, match=rf"has {what} samples \(3 channels\).*16-bit unsigned integers first"):
         read_image(tmp_path / "f.tif")
 
 

@@ -351,19 +351,27 @@ _INTEGER_ONLY = "imageae reads 8- and 16-bit integer images"
 
 
 def _describe_unreadable_tiff(data):
-    """Why Pillow cannot open a TIFF that OpenCV can (floating-point or 32-bit colour), or None."""
-    import cv2
+    """Why Pillow cannot open a TIFF (floating-point, signed or 32-bit samples), read from its
+    first IFD without decoding any pixels; None when the samples are not the reason."""
+    from PIL import TiffImagePlugin
 
     try:
-        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error:
+        big = data[2:4] in (b"+\x00", b"\x00+")
+        order = "<" if data[:2] == b"II" else ">"
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[: 16 if big else 8])
+        stream = _ViewReader(memoryview(data))
+        stream.seek(struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)[0])
+        ifd.load(stream)
+        bits, sample_format = (ifd.get(tag, default) for tag, default in ((258, 1), (339, 1)))
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        sample_format = sample_format[0] if isinstance(sample_format, tuple) else sample_format
+        channels = int(ifd.get(277, 1))
+    except Exception:  # noqa: BLE001 - a header too broken to describe: the caller's reason stands
         return None
-    if array is None:
+    kind = {1: "unsigned integer", 2: "signed integer", 3: "floating-point"}.get(sample_format)
+    if kind is None or (sample_format == 1 and bits in (1, 2, 4, 8, 16)):
         return None
-    channels = 1 if array.ndim == 2 else array.shape[-1]
-    kind = "floating-point" if array.dtype.kind == "f" else "integer"
-    bits = array.dtype.itemsize * 8
-    fix = ("scale it to 0..65535 and convert it to 16-bit integers first (for 0..1 data: "
+    fix = ("scale it to 0..65535 and convert it to 16-bit unsigned integers first (for 0..1 data: "
            "numpy.round(x * 65535).astype(numpy.uint16), saved with OpenCV or tifffile)")
     channels = "1 channel" if channels == 1 else f"{channels} channels"
     return f"has {bits}-bit {kind} samples ({channels}); {_INTEGER_ONLY}: {fix}"
