@@ -492,12 +492,26 @@ def generate_batches(n, *, batch_size=256, model="vae-digits", seed=0, temperatu
     return iter_samples(vae, n, seed=seed, temperature=temperature, sampler=sampler, batch_size=int(batch_size))
 
 
+def _vae_convertible(image):
+    """A PIL image in a mode the VAE functions read: palette, bilevel, CMYK and the other colour
+    spaces are converted (a VAE resizes and re-quantises anyway, so nothing is given back in the
+    input's mode, unlike :func:`denoise`); arrays and 16-bit/float modes pass unchanged."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image) and image.mode in ("1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX",
+                                                          "RGBa", "La"):
+        alpha = "A" in image.mode or "a" in image.mode or "transparency" in image.info
+        grey = image.mode in ("1", "La")
+        return image.convert(("LA" if alpha else "L") if grey else ("RGBA" if alpha else "RGB"))
+    return image
+
+
 def _vae_input(vae, image):
     """One image as the VAE's input: centre-cropped, resized, grey/colour matched (an alpha
     channel dropped); uint8 (1, S, S, C)."""
     from imageae.data.arrays import _fit
 
-    x, _ = _as_array(image)
+    x, _ = _as_array(_vae_convertible(image))
     if x.ndim == 3 and x.shape[-1] in (2, 4):
         x = x[..., :-1]
     x = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
@@ -512,7 +526,7 @@ def _warn_misfits(vae, model, images):
 
     problems = []
     for i, image in enumerate(images):
-        x, _ = _as_array(image)
+        x, _ = _as_array(_vae_convertible(image))
         problem = input_fit_problem(x, vae, model)
         if problem:
             problems.append(f"image {i}: {problem}")
