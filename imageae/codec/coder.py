@@ -214,6 +214,7 @@ def _build_gaussian_tables():
 
 GAUSSIAN_RADII, GAUSSIAN_TABLES = _build_gaussian_tables()
 _RADII = np.asarray(GAUSSIAN_RADII, dtype=np.int64)
+_RADII32 = _RADII.astype(np.int32)
 _digest = _tables_digest(SCALE_TABLE, GAUSSIAN_RADII, GAUSSIAN_TABLES)
 if _digest != GAUSSIAN_TABLES_SHA256:
     raise RuntimeError(
@@ -262,10 +263,9 @@ def _as_symbols(symbols, name="symbols"):
     array = np.asarray(symbols)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array (round the latents first), got dtype {array.dtype}")
-    array = array.astype(np.int64)
     if array.size and (array.min() < -(2**31) or array.max() > 2**31 - 1):
         raise ValueError(f"{name} must fit in int32, got values in [{array.min()}, {array.max()}]")
-    return array
+    return array.astype(np.int32, copy=False)  # no copy of an int32 array: large images stay cheap
 
 
 def _as_scale_indexes(indexes, shape=None):
@@ -276,7 +276,7 @@ def _as_scale_indexes(indexes, shape=None):
         raise ValueError(f"scale_indexes must have the symbols' shape {shape}, got {array.shape}")
     if array.size and (array.min() < 0 or array.max() >= SCALE_LEVELS):
         raise ValueError(f"scale_indexes must be in 0..{SCALE_LEVELS - 1}, got [{array.min()}, {array.max()}]")
-    return array.astype(np.int64)
+    return array.astype(np.uint8, copy=False)  # 0..63: one byte a symbol, and numpy radix-sorts it
 
 
 def _table_precision(table, name):
@@ -482,6 +482,73 @@ def _to_int32(values, what):
     return values.astype(np.int32)
 
 
+def _words(data):
+    """The 32-bit words of a bitstream; IaeFormatError unless it is a whole number of them."""
+    data = bytes(data)
+    if len(data) % 4:
+        raise IaeFormatError(f"corrupt bitstream: {len(data)} bytes is not a whole number of 32-bit words")
+    return np.frombuffer(data, dtype="<u4").astype(np.uint32)
+
+
+def _check_canonical(data, canonical):
+    """Refuse a stream that decodes to symbols whose encoding is not exactly this stream.
+
+    The range coder's decoder cannot tell where a stream ends: it reads one word past the last
+    one the encoder wrote, as zeros, so a word appended to a valid stream (or a different last
+    word) decodes to the same symbols. The encoder is deterministic, so a stream is valid only
+    if it is the encoding of what it decodes to: anything else is damage or added data.
+    """
+    if bytes(data) != canonical:
+        extra = len(bytes(data)) - len(canonical)
+        raise IaeFormatError(
+            "corrupt bitstream: it is not the encoding of the symbols it decodes to ("
+            + (f"{extra} bytes of data after the last symbol" if extra > 0 else
+               f"{-extra} bytes shorter than their encoding" if extra < 0 else "its last words differ")
+            + "): damaged, or data was added"
+        )
+
+
+# Symbols coded per pass: the per-symbol work arrays of the Gaussian coder are this long, so a
+# large image's latents cost their own int32 arrays plus a few tens of MB, not several copies.
+CHUNK_SYMBOLS = 2**20
+
+
+def _chunks(size):
+    return [(a, min(a + CHUNK_SYMBOLS, size)) for a in range(0, size, CHUNK_SYMBOLS)]
+
+
+def _gaussian_entries(flat, indexes):
+    """Per chunk of :data:`CHUNK_SYMBOLS` positions: each symbol's entry in its table (the
+    escape entry outside the radius), sorted by table (stable), as one int32 array; the count of
+    each table in each chunk (n_chunks, 64); the escapes' distances and signs in raster order."""
+    entries = np.empty(flat.size, np.int32)
+    counts, distances, negatives = [], [], []
+    for a, b in _chunks(flat.size):
+        k = indexes[a:b]
+        values = flat[a:b].astype(np.int64)
+        radius = _RADII[k]
+        inside = np.abs(values) <= radius
+        entries[a:b] = np.where(inside, values + radius, 2 * radius + 1)[np.argsort(k, kind="stable")]
+        counts.append(np.bincount(k, minlength=SCALE_LEVELS))
+        outside = ~inside
+        distances.append(np.abs(values[outside]) - radius[outside] - 1)
+        negatives.append(values[outside] < 0)
+    if not counts:
+        return entries, np.zeros((1, SCALE_LEVELS), np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    return entries, np.stack(counts), np.concatenate(distances), np.concatenate(negatives)
+
+
+def _code_groups(entries, counts, code):
+    """Call ``code(table, start, stop)`` for each run of ``entries`` (sorted by table within
+    each chunk) in coding order: by table ascending, then chunk by chunk (raster order)."""
+    starts = np.asarray([a for a, _ in _chunks(entries.size)] or [0], np.int64)[:, None]
+    starts = starts + np.cumsum(counts, axis=1) - counts
+    for k in np.flatnonzero(counts.sum(axis=0)):
+        for chunk in np.flatnonzero(counts[:, k]):
+            start = int(starts[chunk, k])
+            code(int(k), start, start + int(counts[chunk, k]))
+
+
 # ----------------------------------------------------------------------- Gaussian conditional
 
 
@@ -490,7 +557,7 @@ def _gaussian_index(symbols, scale_indexes):
     table's radius), escape distances and signs of the escaped symbols)."""
     symbols = _as_symbols(symbols)
     indexes = _as_scale_indexes(scale_indexes, symbols.shape).ravel()
-    flat = symbols.ravel()
+    flat = symbols.ravel().astype(np.int64)  # |int32 min| does not fit int32
     radius = _RADII[indexes]
     inside = np.abs(flat) <= radius
     table_index = np.where(inside, flat + radius, 2 * radius + 1)
@@ -524,8 +591,14 @@ def encode_gaussian(symbols, scale_indexes):
     >>> decode_gaussian(data, k).tolist()
     [[0, -3], [7, 1000]]
     """
-    indexes, table_index, distance, negative = _gaussian_index(symbols, scale_indexes)
-    return _encode(table_index, indexes, SCALE_LEVELS, _gaussian_model, _escape_bits(distance, negative))
+    symbols = _as_symbols(symbols)
+    indexes = _as_scale_indexes(scale_indexes, symbols.shape).ravel()
+    entries, counts, distance, negative = _gaussian_entries(symbols.ravel(), indexes)
+    encoder = constriction.stream.queue.RangeEncoder()
+    _code_groups(entries, counts, lambda k, start, stop: encoder.encode(entries[start:stop], _gaussian_model(k)))
+    if distance.size:
+        encoder.encode(_escape_bits(distance, negative), _BIT)
+    return encoder.get_compressed().astype("<u4").tobytes()
 
 
 def decode_gaussian(data, scale_indexes):
@@ -550,16 +623,45 @@ def decode_gaussian(data, scale_indexes):
     indexes = _as_scale_indexes(scale_indexes)
     shape = indexes.shape
     indexes = indexes.ravel()
-    decoder, table_index, spent = _decode(data, indexes, SCALE_LEVELS, _gaussian_model, _gaussian_costs)
-    radius = _RADII[indexes]
-    escaped = np.flatnonzero(table_index == 2 * radius + 1)
-    _check_information(spent + 2 * escaped.size, _bits_of(data), "the decoded symbols and their escapes")
+    available = _bits_of(data)
+    words = _words(data)
+    counts = np.stack([np.bincount(indexes[a:b], minlength=SCALE_LEVELS) for a, b in _chunks(indexes.size)]
+                      or [np.zeros(SCALE_LEVELS, np.int64)])
+    totals = counts.sum(axis=0)
+    cheapest = sum(float(totals[k]) * float(_GAUSSIAN_COSTS[k].min()) for k in np.flatnonzero(totals))
+    _check_information(cheapest, available, f"{indexes.size} symbols with these tables")
+    # Decoded group by group (as coded) into each chunk's table-sorted order, then each chunk
+    # is put back into raster order in place: one int32 per symbol, whatever the image size.
+    entries = np.empty(indexes.size, np.int32)
+    spent = [0.0]
+    with _coding_errors("decoding"):
+        decoder = constriction.stream.queue.RangeDecoder(words)
+
+        def decode(k, start, stop):
+            decoded = np.asarray(decoder.decode(_gaussian_model(k), stop - start))
+            if decoded.shape != (stop - start,):
+                raise IaeFormatError(f"corrupt bitstream: decoded {decoded.size} symbols, expected {stop - start}")
+            entries[start:stop] = decoded
+            spent[0] += float(np.sum(_GAUSSIAN_COSTS[k][decoded]))
+
+        _code_groups(entries, counts, decode)
+    _check_information(spent[0], available, "the decoded symbols")
+    escaped = []
+    for a, b in _chunks(indexes.size):
+        order = np.argsort(indexes[a:b], kind="stable")
+        entries[a:b][order] = entries[a:b].copy()
+        escaped.append(a + np.flatnonzero(entries[a:b] == 2 * _RADII32[indexes[a:b]] + 1))
+    escaped = np.concatenate(escaped) if escaped else np.zeros(0, np.int64)
+    _check_information(spent[0] + 2 * escaped.size, available, "the decoded symbols and their escapes")
     distance, negative = _decode_escapes(decoder, escaped.size)
-    _check_exhausted(decoder, spent, distance, data)
-    values = table_index - radius
-    magnitude = radius[escaped] + 1 + distance
-    values[escaped] = np.where(negative, -magnitude, magnitude)
-    return _to_int32(values, "an escaped symbol").reshape(shape)
+    _check_exhausted(decoder, spent[0], distance, data)
+    for a, b in _chunks(indexes.size):
+        entries[a:b] -= _RADII32[indexes[a:b]]
+    magnitude = _RADII[indexes[escaped]] + 1 + distance
+    entries[escaped] = _to_int32(np.where(negative, -magnitude, magnitude), "an escaped symbol")
+    values = entries.reshape(shape)
+    _check_canonical(data, encode_gaussian(values, indexes.reshape(shape)))
+    return values
 
 
 def estimate_gaussian_bits(symbols, scale_indexes):
@@ -678,7 +780,9 @@ def decode_factorized(data, tables, offsets, shape):
     values = table_index + offsets[channel]
     low, high = offsets[channel[escaped]], highs[channel[escaped]]
     values[escaped] = np.where(below, low - 1 - distance, high + 1 + distance)
-    return _to_int32(values, "an escaped symbol").reshape(shape)
+    values = _to_int32(values, "an escaped symbol").reshape(shape)
+    _check_canonical(data, encode_factorized(values, tables, offsets))
+    return values
 
 
 def estimate_factorized_bits(symbols, tables, offsets):
