@@ -29,7 +29,7 @@ FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 def layout(
     *,
     magic=MAGIC,
-    version=FORMAT_VERSION,
+    version=None,
     name=b"codec-hyperprior",
     name_length=None,
     quality=3,
@@ -41,15 +41,21 @@ def layout(
     count=None,
     lengths=None,
     crc=None,
+    icc=None,
+    icc_length=None,
 ):
-    """An .iae file built field by field from docs/iae-format.md, independently of pack()."""
+    """An .iae file built field by field from docs/iae-format.md, independently of pack():
+    version 1, or version 2 with an ICC profile when ``icc`` is given."""
     lengths = [len(s) for s in sections] if lengths is None else lengths
+    version = (1 if icc is None else 2) if version is None else version
+    icc_field = b"" if icc is None else struct.pack("<I", len(icc) if icc_length is None else icc_length) + icc
     body = (
         magic
         + struct.pack("<BB", version, len(name) if name_length is None else name_length)
         + name
         + struct.pack("<BIIBBB", quality, height, width, colour, bit_depth, len(sections) if count is None else count)
         + struct.pack(f"<{len(lengths)}I", *lengths)
+        + icc_field
         + b"".join(sections)
     )
     return body + struct.pack("<I", zlib.crc32(body) if crc is None else crc)
@@ -60,6 +66,18 @@ def layout(
 
 def test_pack_writes_the_documented_layout():
     assert pack(HEADER, SECTIONS) == layout()
+
+
+def test_a_profile_makes_a_version_2_file_with_the_documented_layout():
+    """docs/iae-format.md, version 2: the ICC profile's length and bytes between the section
+    lengths and the payloads; files without one stay version 1 (the reader takes both)."""
+    import dataclasses
+
+    header = dataclasses.replace(HEADER, icc_profile=b"ICC profile bytes")
+    data = pack(header, SECTIONS)
+    assert data == layout(icc=b"ICC profile bytes") and data[4] == 2 == header.format_version
+    assert unpack(data) == (header, SECTIONS) and unpack(layout()) == (HEADER, SECTIONS)
+    assert HEADER.format_version == 1 and FORMAT_VERSION == 2
     assert pack(HEADER, SECTIONS).hex() == (
         "494145000110636f6465632d68797065727072696f7203e001000080020000030802"
         "09000000100000007369646520626974736d61696e206c6174656e742062697473409992ed"
@@ -154,8 +172,8 @@ def fix_crc(data):
         (b"IA", r"truncated .iae file: the file prefix .* needs at least 6 bytes, got 2"),
         (b"\x89PNG\r\n\x1a\n" + bytes(40), r"not an .iae file: it starts with b'\\x89PNG'"),
         (b"GIF89a", "not an .iae file"),
-        (layout(version=2), "unsupported .iae format version 2; this imageae reads version 1 .*upgrade"),
-        (layout(version=0), "unsupported .iae format version 0; this imageae reads version 1"),
+        (layout(version=3), "unsupported .iae format version 3; this imageae reads versions 1, 2 .*upgrade"),
+        (layout(version=0), "unsupported .iae format version 0; this imageae reads versions 1, 2"),
         (layout()[:10], "truncated .iae file: the header needs at least 34 bytes, got 10"),
         (layout()[:40], r"truncated .iae file: the header with 2 section lengths needs at least 42 bytes, got 40"),
         (layout()[:-1], r"truncated .iae file: its header declares 71 bytes \(section lengths \[9, 16\]\), got 70"),

@@ -22,9 +22,11 @@ from imageae.codec.coder import (
     scale_indexes,
 )
 from imageae.codec.container import (
+    DEFAULT_MAX_PIXELS,
     FORMAT_VERSION,
     IaeFormatError,
     IaeHeader,
+    ImageTooLargeError,
     pack,
     pack_section,
     unpack,
@@ -46,6 +48,7 @@ from imageae.codec.session import (
 
 __all__ = [
     "CDF_PRECISION",
+    "DEFAULT_MAX_PIXELS",
     "FORMAT_VERSION",
     "GAUSSIAN_RADII",
     "GAUSSIAN_TABLES",
@@ -55,6 +58,7 @@ __all__ = [
     "CodecSession",
     "IaeFormatError",
     "IaeHeader",
+    "ImageTooLargeError",
     "RateEstimate",
     "UnknownModelError",
     "analyze_image",

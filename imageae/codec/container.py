@@ -18,8 +18,15 @@ import struct
 import zlib
 
 MAGIC = b"IAE\x00"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# Version 1: no metadata. Version 2: version 1 plus an ICC colour profile (docs/iae-format.md).
+# A writer writes the lowest version that holds the file (1 without a profile), so files without
+# one stay readable by older readers and byte-identical to what they were.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
+MAX_ICC_PROFILE_BYTES = 2**24  # 16 MiB; real profiles are a few hundred bytes to a few MB
+# Pillow's Image.MAX_IMAGE_PIXELS (about 89.5 Mpixel): the default largest image a decoder
+# rebuilds from a header (a 200 KB file can declare a flat 8192 x 8192 image) or an encoder takes.
+DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 MAX_MODEL_NAME_BYTES = 64
 MAX_SECTIONS = 16
 MAX_IMAGE_SIZE = 2**16
@@ -41,6 +48,27 @@ class IaeFormatError(ValueError):
     """Bytes that are not a valid ``.iae`` file (or bitstream section); the message says why."""
 
 
+class ImageTooLargeError(ValueError):
+    """An image (or the image an ``.iae`` header declares) above the caller's pixel limit.
+
+    Not an :class:`IaeFormatError`: the file may be valid; the message says how to allow it."""
+
+
+def check_pixels(height, width, max_pixels, *, what="the image", error=ImageTooLargeError):
+    """Refuse ``height x width`` above ``max_pixels`` (None: no limit) with ``error`` naming the
+    size, the limit and how to raise it."""
+    if max_pixels is None:
+        return
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    if height * width > max_pixels:
+        raise error(
+            f"{what} is {width}x{height} = {height * width / 1e6:.1f} Mpixel, above the limit of "
+            f"{max_pixels / 1e6:.1f} Mpixel (a guard against decompression bombs); to allow it, pass "
+            f"max_pixels={height * width} or more (command line: --max-pixels {height * width})"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class IaeHeader:
     """What an ``.iae`` file says about itself.
@@ -57,6 +85,9 @@ class IaeHeader:
         ``"grey"`` or ``"rgb"``: the colour mode of the original image.
     bit_depth : int
         8 or 16: the bit depth of the original image.
+    icc_profile : bytes or None
+        The original image's ICC colour profile (1 byte to 16 MiB, stored as it is, not
+        interpreted), or None. A file with one is format version 2, one without version 1.
     """
 
     model_name: str
@@ -65,6 +96,12 @@ class IaeHeader:
     width: int
     colour_mode: str
     bit_depth: int
+    icc_profile: bytes | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def format_version(self):
+        """The version a file with this header has: 2 with an ICC profile, else 1."""
+        return 1 if self.icc_profile is None else 2
 
 
 def _is_int(value):
@@ -91,6 +128,13 @@ def _header_problems(header, max_size):
             problems.append(f"image {field} must be an int in 1..{max_size}, got {value!r}")
     if not (_is_int(header.bit_depth) and header.bit_depth in BIT_DEPTHS):
         problems.append(f"bit depth must be 8 or 16, got {header.bit_depth!r}")
+    icc = header.icc_profile
+    if icc is not None:
+        if not isinstance(icc, bytes):
+            problems.append(f"ICC profile must be bytes or None, got {type(icc).__name__}")
+        elif not 1 <= len(icc) <= MAX_ICC_PROFILE_BYTES:
+            problems.append(f"ICC profile must be 1 to {MAX_ICC_PROFILE_BYTES} bytes (None for no profile), "
+                            f"got {len(icc)} bytes")
     return problems
 
 
@@ -141,9 +185,10 @@ def pack(header, sections, *, max_size=MAX_IMAGE_SIZE):
     if problems:
         raise ValueError("cannot write .iae file: " + "; ".join(problems))
     name = header.model_name.encode("utf-8")
+    icc = [] if header.icc_profile is None else [struct.pack("<I", len(header.icc_profile)), header.icc_profile]
     parts = [
         MAGIC,
-        struct.pack("<BB", FORMAT_VERSION, len(name)),
+        struct.pack("<BB", header.format_version, len(name)),
         name,
         _FIELDS.pack(
             header.quality,
@@ -154,6 +199,7 @@ def pack(header, sections, *, max_size=MAX_IMAGE_SIZE):
             len(payloads),
         ),
         struct.pack(f"<{len(payloads)}I", *(len(p) for p in payloads)),
+        *icc,
         *payloads,
     ]
     body = b"".join(parts)
@@ -201,7 +247,7 @@ def unpack(data, *, max_size=MAX_IMAGE_SIZE):
     if version not in SUPPORTED_VERSIONS:
         supported = ", ".join(str(v) for v in SUPPORTED_VERSIONS)
         raise IaeFormatError(
-            f"unsupported .iae format version {version}; this imageae reads version {supported}"
+            f"unsupported .iae format version {version}; this imageae reads versions {supported}"
             + (" (the file is newer: upgrade imageae)" if version > max(SUPPORTED_VERSIONS) else "")
         )
     if not 1 <= name_size <= MAX_MODEL_NAME_BYTES:
@@ -215,11 +261,18 @@ def unpack(data, *, max_size=MAX_IMAGE_SIZE):
     payload_at = lengths_at + 4 * count
     _need(data, payload_at, f"the header with {count} section lengths")
     lengths = struct.unpack_from(f"<{count}I", data, lengths_at)
+    icc_size = 0
+    if version >= 2:  # the ICC profile's length and bytes come before the payloads
+        _need(data, payload_at + 4, "the header with the ICC profile length")
+        icc_size = struct.unpack_from("<I", data, payload_at)[0]
+        if not 1 <= icc_size <= MAX_ICC_PROFILE_BYTES:
+            raise IaeFormatError(f"bad ICC profile length {icc_size}: must be 1 to {MAX_ICC_PROFILE_BYTES} bytes")
+        payload_at += 4 + icc_size
     expected = payload_at + sum(lengths) + _CRC_SIZE
     if len(data) < expected:
         raise IaeFormatError(
             f"truncated .iae file: its header declares {expected} bytes (section lengths "
-            f"{list(lengths)}), got {len(data)}"
+            f"{list(lengths)}" + (f", ICC profile {icc_size}" if icc_size else "") + f"), got {len(data)}"
         )
     if len(data) > expected:
         raise IaeFormatError(
@@ -240,7 +293,8 @@ def unpack(data, *, max_size=MAX_IMAGE_SIZE):
             f"bad .iae header: model name is not valid UTF-8: {data[_PREFIX_SIZE:fields_at]!r}"
         ) from None
     colour_mode = _COLOUR_NAMES.get(channels)
-    header = IaeHeader(model_name, quality, height, width, colour_mode, bit_depth)
+    icc_profile = data[payload_at - icc_size : payload_at] if icc_size else None
+    header = IaeHeader(model_name, quality, height, width, colour_mode, bit_depth, icc_profile)
     problems = _header_problems(header, max_size)
     if colour_mode is None:
         problems.append(f"bad colour mode code {channels}: must be 1 (grey) or 3 (rgb)")
