@@ -21,10 +21,12 @@ and entropy models:
 
 The bitstream does not change: a refined file is an ordinary ``.iae`` file. On codec-v4 and
 three BSDS500 train photos (481x321), 100 steps lower ``J`` by 11-14 % (the straight-through +
-noise relaxation used before SGA: 4-8 %), in about 10 s a photo on 2 CPU cores
-(:func:`descent_model`). Along the rate-distortion curve that is a BD-rate of -24.3 % against
-the one-pass encoder, and -40.3 % / -5.6 % against JPEG / WebP (all 100 BSDS500 val photos,
-qualities 1, 3, 5, 7, 9; ``python benchmarks/compress.py --refine-steps 100 --qualities
+noise relaxation used before SGA: 4-8 %), in about 1.2 s per Mpixel per step on 2 CPU cores
+(:func:`descent_model`; measured with 100 steps: 1.14 s on data/clean/coffee.png, 600 x 400,
+0.91 s on camera.png, 512 x 512 grey, so about 18 s for a 481 x 321 photo; the earlier figure
+of 10 s a photo, 0.7 s per Mpixel per step, was 30-50 % low). Along the rate-distortion
+curve that is a BD-rate of -24.3 % against the one-pass encoder, and -40.3 % / -5.6 % against
+JPEG / WebP (all 100 BSDS500 val photos, qualities 1, 3, 5, 7, 9; ``python benchmarks/compress.py --refine-steps 100 --qualities
 1,3,5,7,9 --out benchmarks/results/refine-full``).
 
 The random draws use seeds fixed by the step number, so the same image, quality and steps give
@@ -98,7 +100,7 @@ def annealed_round(v, temperature, seed):
     return floor + tf.nn.softmax(logits / temperature + gumbel, axis=-1)[..., 1]
 
 
-def refine_latents(session, image, quality, steps, *, learning_rate=None, check_every=5, seed=0):
+def refine_latents(session, image, quality, steps, *, learning_rate=None, check_every=5, seed=0, progress=None):
     """Latents (:class:`~imageae.codec.session.CodecLatents`) of ``image`` at ``quality`` after
     ``steps`` steps of rate-distortion descent (see the module docstring); never worse, by the
     file's own ``J``, than :func:`~imageae.codec.session.analyze_image`'s.
@@ -106,6 +108,8 @@ def refine_latents(session, image, quality, steps, *, learning_rate=None, check_
     ``image``: uint8 (H, W, C), already checked by the caller; ``quality``: a valid int.
     ``learning_rate``: Adam's peak step in quantization bins (default
     :data:`DEFAULT_LEARNING_RATE`), cosine-decayed to 0 over ``steps``.
+    ``progress``: None, or a callable called as ``progress(done, steps)`` after each step (a
+    progress bar's hook).
     Raises ValueError for ``steps`` < 1 or an image above :data:`MAX_REFINE_PIXELS`.
     """
     import keras
@@ -173,6 +177,8 @@ def refine_latents(session, image, quality, steps, *, learning_rate=None, check_
             current = float(hard_cost())
             if current < best[0]:
                 best = (current, y.numpy(), z.numpy())
+        if progress is not None:
+            progress(index + 1, steps)
     plain = _latents_from(session, y0, z0, quality)
     if best[1] is y0:
         return plain
