@@ -187,7 +187,7 @@ def test_a_grey_model_codes_grey_images_and_refuses_colour():
 
 def test_the_file_states_format_model_quality_and_the_original_image(session):
     data = compress_array(session, test_image((70, 93, 3)))
-    assert data[:4] == b"IAE\x00" and data[4] == FORMAT_VERSION
+    assert data[:4] == b"IAE\x00" and data[4] == 1  # no ICC profile: version 1, as before version 2 existed
     header, sections = unpack(data)
     assert (header.model_name, header.quality, header.height, header.width) == (NAME, QUALITY, 70, 93)
     assert (header.colour_mode, header.bit_depth) == ("rgb", 8)

@@ -317,7 +317,7 @@ def test_target_bpp_with_refinement_takes_the_next_quality_up_when_its_refined_f
     from imageae.codec import session as session_module
     from imageae.codec.session import _encoder_latents, _latents_from
 
-    def shrinking(session, image, quality, steps):  # stands in for a refinement that saves bits
+    def shrinking(session, image, quality, steps, **kwargs):  # stands in for a refinement that saves bits
         y, z = _encoder_latents(session, image, quality)
         return _latents_from(session, np.zeros_like(y), z, quality)
 

@@ -553,8 +553,9 @@ def compress_array(session, image, quality=None, *, refine_steps=0, icc_profile=
         Images of more pixels are refused (:class:`~imageae.codec.ImageTooLargeError`) before
         any work; default :data:`~imageae.codec.container.DEFAULT_MAX_PIXELS` (Pillow's limit,
         about 89.5 Mpixel); None: no limit but the format's 65536 x 65536. Encoding runs in
-        tiles, in memory that grows with the latents (about 20 bytes per 256 pixels), so a
-        limit of 89.5 Mpixel keeps a process under about 2 GB.
+        tiles (g_a, h_s) in memory that grows with the image (its latents, y and the symbols
+        share one buffer), about 23 bytes per pixel: codec-v4 peaks at 2.2 GB for the whole
+        process on 8192 x 8192 pixels, 2.7 GB at the default limit.
     progress : callable, optional
         With ``refine_steps``: called as ``progress(done, refine_steps)`` after each step.
 
@@ -721,8 +722,9 @@ def decompress_bytes(session_lookup, data, *, max_pixels=DEFAULT_MAX_PIXELS):
         allocated (:class:`~imageae.codec.ImageTooLargeError`): a 200 KB file can declare a
         flat 8192 x 8192 image. Default :data:`~imageae.codec.container.DEFAULT_MAX_PIXELS`
         (Pillow's limit, about 89.5 Mpixel); None: no limit but the format's 65536 x 65536.
-        Decoding runs in tiles: memory grows with the latents (about 20 bytes per 256 pixels
-        plus the uint8 output), about 1.3 GB at 67 Mpixel.
+        Decoding runs in tiles (h_s, range coder, g_s) in memory that grows with the latents
+        and the uint8 output: codec-v4 peaks at 1.9 GB for the whole process on 8192 x 8192
+        pixels, 2.1 GB at the default limit.
 
     Returns
     -------

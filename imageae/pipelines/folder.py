@@ -37,6 +37,7 @@ class FolderReport:
     pixels: int = 0
     seconds: float = 0.0
     notes: list = dataclasses.field(default_factory=list)  # things the user should know, one line each
+    entries: list = dataclasses.field(default_factory=list)  # per written file, a dict (compress: bytes, bpp, ...)
 
     @property
     def ok(self):
