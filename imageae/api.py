@@ -344,7 +344,6 @@ def denoise_folder(
     report = FolderReport()
     tasks = plan_outputs(inputs, output, suffix_for=_suffix_for(ext), overwrite=overwrite, report=report)
     ensure_output_dir(output)
-    denoiser = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size, self_ensemble=self_ensemble)
     decoded_by_task = {}
 
     def items():

@@ -899,8 +899,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted; outputs written so far are complete, no partial files were left", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError, TypeError) as error:
-        print(f"imageae {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, TypeError, LookupError) as error:
+        # Whole-run problems (bad options, missing inputs, an output folder that cannot be made,
+        # a model that is not installed): one line naming the command, no traceback.
+        message = str(error) if not isinstance(error, OSError) or not error.filename else \
+            f"{error.strerror or error}: {error.filename}"
+        print(f"imageae {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
 
