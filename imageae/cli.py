@@ -573,8 +573,8 @@ def _compress_lines(report, args, *, most=20):
     entries = report.entries
     if not entries:
         return []
-    lines = [f"  {e['input']} -> {e['output']}: {e['bytes']} bytes, {e['bpp']:.3f} bpp, quality {e['quality']}, "
-             f"{e['seconds']:.1f} s" for e in entries[:most]]
+    lines = [f"  {e['input']} -> {e['output']}: {e['bytes']} bytes, {8 * e['bytes'] / (e['width'] * e['height']):.3f} "
+             f"bpp, quality {e['quality']}, {e['seconds']:.1f} s" for e in entries[:most]]
     if len(entries) > most:
         lines.append(f"  ... {len(entries) - most} more")
     pixels = sum(e["width"] * e["height"] for e in entries)
