@@ -626,7 +626,7 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, default=0, help="first N images only, for smoke tests (default: all)")
     p.add_argument("--refine-steps", type=int, default=0, metavar="N",
                    help="also measure each model encoding with N steps of latent refinement, as a second curve "
-                        "'imageae NAME refineN' (slow: N x about 0.7 s per Mpixel per image and quality)")
+                        "'imageae NAME refineN' (slow: N x about 1.2 s per Mpixel per image and quality)")
     p.add_argument("--qualities", type=int_list, metavar="Q,Q,...",
                    help="only these qualities of each model, e.g. 1,3,5,7,9 to halve a refined run (default: all; "
                         "BD-rates then fit the curve through fewer points)")
