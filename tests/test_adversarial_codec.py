@@ -38,7 +38,7 @@ from imageae.codec import (
     scale_indexes,
     unpack,
 )
-from imageae.codec import session as session_module
+from imageae.codec import transforms
 from imageae.models.codec import build_codec
 
 NAME = "codec-test-tiny"
@@ -185,9 +185,9 @@ def test_tiled_hyper_synthesis_gives_the_whole_image_integers(session, monkeypat
     """h_s runs on windows of z in fixed point: exactly the whole-image scales and means."""
     rng = np.random.default_rng(4)
     z = rng.integers(-6, 7, (1, 9, 11, session.z_channels)).astype(np.int32)
-    scales, means = session_module._scales_means(session, z, 2)
-    monkeypatch.setattr(session_module, "HS_TILE", 2)
-    indexes, tiled_means = session_module._indexes_means(session, z, 2)
+    scales, means = transforms._scales_means(session, z, 2)
+    monkeypatch.setattr(transforms, "HS_TILE", 2)
+    indexes, tiled_means = transforms._indexes_means(session, z, 2)
     np.testing.assert_array_equal(indexes, scale_indexes(scales))
     np.testing.assert_array_equal(tiled_means, means)
     assert indexes.dtype == np.uint8

@@ -73,7 +73,7 @@ def check_refine_steps(refine_steps):
 def file_cost(session, image, latents, quality):
     """``J`` of latents as their file would realise it: the integer tables' bits per pixel plus
     lambda times the MSE (0..255) of the decoded uint8 pixels against ``image``."""
-    from imageae.codec.session import latent_table_bits, synthesize_image
+    from imageae.codec.transforms import latent_table_bits, synthesize_image
 
     height, width = image.shape[:2]
     bits = latent_table_bits(session, latents)
@@ -115,7 +115,7 @@ def refine_latents(session, image, quality, steps, *, learning_rate=None, check_
     import keras
     import tensorflow as tf
 
-    from imageae.codec.session import _encoder_latents, _latents_from, _model_input
+    from imageae.codec.transforms import _encoder_latents, _latents_from, _model_input
     from imageae.models.codec import gaussian_likelihood
 
     steps = int(steps)

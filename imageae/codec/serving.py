@@ -26,7 +26,8 @@ import numpy as np
 
 from imageae.codec.coder import decode_factorized, decode_gaussian
 from imageae.codec.container import IaeFormatError, IaeHeader, pack, unpack, unpack_section
-from imageae.codec.session import BIT_DEPTH, pack_latents, to_uint8
+from imageae.codec.session import BIT_DEPTH, pack_latents
+from imageae.codec.transforms import to_uint8
 
 
 def rest_predictor(url, model, *, version=None, timeout=120.0):
