@@ -45,7 +45,7 @@ import numpy as np
 
 from common import Timer, git_commit  # noqa: E402
 
-from imageae.api import DEFAULT_CODEC
+from imageae.codec.api import DEFAULT_CODEC
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "photos" / "BSDS500" / "val"
@@ -200,7 +200,7 @@ def load_codecs(specs, one_curve=False, refine_steps=0, qualities=None):
     has a second curve, "imageae NAME refineN": the same model, encoding with N steps of latent
     refinement (``compress_array(..., refine_steps=N)``). ``qualities``: only these of each model
     (default: all); ValueError names one a model does not have."""
-    from imageae.api import codec_session
+    from imageae.codec.api import codec_session
 
     settings, names = [], {}
     for spec in specs:

@@ -318,7 +318,7 @@ def make_speed_folder(folder, cbsd68, count, size=512, sigma=25):
 
 def speed(args, models, bar):
     import imageae
-    from imageae.api import Denoiser
+    from imageae.denoise.api import Denoiser
 
     colour_model = models[3]
     result = {"images": args.speed_images, "size": "512x512 RGB PNG", "noise_sigma": 25}

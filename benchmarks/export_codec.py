@@ -24,7 +24,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "datasets" / "photos" / "BSDS500" / "val
 
 from common import Timer, git_commit
 
-from imageae.api import DEFAULT_CODEC
+from imageae.codec.api import DEFAULT_CODEC
 
 
 def main(argv=None):
@@ -40,7 +40,7 @@ def main(argv=None):
     import tensorflow as tf
 
     import imageae
-    from imageae.api import codec_session
+    from imageae.codec.api import codec_session
     from imageae.codec import analyze_image
     from imageae.codec.serving import ServedCodec
     from imageae.data.io import find_images

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from common import git_commit  # noqa: E402
 from imageae.data.arrays import load_image_array  # noqa: E402
-from imageae.generation import contact_sheet, decode_latents, sample_latents  # noqa: E402
+from imageae.generate.sampling import contact_sheet, decode_latents, sample_latents  # noqa: E402
 from imageae.metrics import frechet_distance, kernel_distance  # noqa: E402
 
 

@@ -13,24 +13,19 @@ Public API::
     imageae.export_saved_model(name, dir, version=1)   # TF Serving layout
     imageae.load_model(name_or_path, job)  # a shipped model by name, or a .keras file
     imageae.list_models()
+
+Each job is a package holding its API, training recipe and subcommands (``imageae/denoise/``,
+``imageae/codec/``, ``imageae/generate/``) on a job-free core; docs/architecture.md maps them.
+``imageae.denoise`` and ``imageae.generate`` name the functions above; reach the packages'
+modules with ``from imageae.denoise import api``.
 """
 
 __version__ = "0.1.0"
 
-from imageae.api import (  # noqa: E402
-    Denoiser,
-    compress,
-    compress_folder,
-    decompress,
-    decompress_folder,
-    denoise,
-    denoise_folder,
-    generate,
-    generate_batches,
-    interpolate,
-    reconstruct,
-)
+from imageae.codec.api import compress, compress_folder, decompress, decompress_folder  # noqa: E402
+from imageae.denoise.api import Denoiser, denoise, denoise_folder  # noqa: E402
 from imageae.export import export_saved_model  # noqa: E402
+from imageae.generate.api import generate, generate_batches, interpolate, reconstruct  # noqa: E402
 from imageae.registry import list_models, load_model  # noqa: E402
 
 __all__ = [

@@ -174,3 +174,13 @@ def load_model(name_or_path, *, job):
 _JOB_CLASSES = {
     "denoise": "DenoiserUNet", "generate": "ConvVAE", "features": "DigitClassifier", "compress": "HyperpriorCodec",
 }
+
+# The TensorFlow Serving signatures of each model class ("module:function", called with the
+# loaded model, returning a keras.export.ExportArchive), defined by the job that runs the model.
+# imageae.export imports them by this name, so the core imports no job.
+SERVING_SIGNATURES = {
+    "DenoiserUNet": "imageae.denoise.export:_denoiser_archive",
+    "ConvVAE": "imageae.generate.export:_vae_archive",
+    "DigitClassifier": "imageae.generate.export:_classifier_archive",
+    "HyperpriorCodec": "imageae.codec.export:_codec_archive",
+}

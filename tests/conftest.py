@@ -68,10 +68,12 @@ def random_weight_models(random_weight_models_dir, monkeypatch):
     not by weights file; it is swapped for an empty one here and restored afterwards, so the
     stand-ins never answer a later test that expects the shipped weights.
     """
-    import imageae.api
+    from imageae.denoise import api as denoise_api
+    from imageae.generate import api as generate_api
 
     monkeypatch.setenv("IMAGEAE_MODELS", str(random_weight_models_dir))
-    monkeypatch.setattr(imageae.api, "_default", {})
+    monkeypatch.setattr(denoise_api, "_default", {})
+    monkeypatch.setattr(generate_api, "_default", {})
     return random_weight_models_dir
 
 
@@ -199,7 +201,7 @@ def trained_tiny_vae():
     """
     import keras
 
-    from imageae.generation import encode_images
+    from imageae.generate.sampling import encode_images
 
     x, _ = two_pattern_images(128)
     model = build_tiny_vae(seed=0, kl_warmup_steps=1000, mixture_components=2)
@@ -222,12 +224,14 @@ def vae_models_dir(tmp_path_factory, trained_tiny_vae):
 
 @pytest.fixture
 def vae_models(vae_models_dir, monkeypatch):
-    """Point the registry at the VAE stand-in and give ``imageae.api`` an empty model cache
+    """Point the registry at the VAE stand-in and give the jobs' APIs empty model caches
     (it caches loaded VAEs by name or path, not by file contents). Returns the .keras path."""
-    import imageae.api
+    from imageae.denoise import api as denoise_api
+    from imageae.generate import api as generate_api
 
     monkeypatch.setenv("IMAGEAE_MODELS", str(vae_models_dir))
-    monkeypatch.setattr(imageae.api, "_default", {})
+    monkeypatch.setattr(denoise_api, "_default", {})
+    monkeypatch.setattr(generate_api, "_default", {})
     return vae_models_dir / "vae-digits.keras"
 
 

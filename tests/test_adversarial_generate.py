@@ -18,9 +18,9 @@ from conftest import pattern_image, run_cli
 from PIL import Image
 
 import imageae
-import imageae.cli
-from imageae.api import generate_batches
-from imageae.generation import InputFitWarning
+from imageae.generate import cli as generate_cli
+from imageae.generate.api import generate_batches
+from imageae.generate.sampling import InputFitWarning
 
 
 def read_png(path):
@@ -97,7 +97,7 @@ def test_cli_generate_streams_in_bounded_memory(tmp_path, shipped_vae):
 
 def test_a_huge_grid_only_run_stops_after_the_grid_and_says_so(tmp_path, tiny, monkeypatch):
     # -n 10000000 --grid --no-files used to sample 10 million images into one array and a sheet
-    monkeypatch.setattr(imageae.cli, "GRID_LIMIT", 16)
+    monkeypatch.setattr(generate_cli, "GRID_LIMIT", 16)
     out = tmp_path / "out"
     code, stdout, stderr = run_cli("generate", "-n", 10_000_000, "-o", out, "--model", tiny, "--grid", "--no-files")
     assert code == 0, stderr
@@ -107,7 +107,7 @@ def test_a_huge_grid_only_run_stops_after_the_grid_and_says_so(tmp_path, tiny, m
 
 
 def test_the_grid_of_a_large_run_is_capped_but_every_sample_is_written(tmp_path, tiny, monkeypatch):
-    monkeypatch.setattr(imageae.cli, "GRID_LIMIT", 4)
+    monkeypatch.setattr(generate_cli, "GRID_LIMIT", 4)
     out = tmp_path / "out"
     code, stdout, _ = run_cli("generate", "-n", 10, "-o", out, "--model", tiny, "--grid")
     assert code == 0
@@ -374,7 +374,7 @@ def test_models_lists_only_models_that_export_accepts():
 
     code, stdout, _ = run_cli("models")
     assert code == 0 and "digit-classifier" in stdout
-    from imageae.export import _classifier_archive  # noqa: F401  (digit-classifier has signatures now)
+    from imageae.generate.export import _classifier_archive  # noqa: F401  (digit-classifier has signatures now)
 
     assert {m.job for m in registry.list_models()} <= {"denoise", "compress", "generate", "features"}
 
@@ -382,10 +382,12 @@ def test_models_lists_only_models_that_export_accepts():
 @pytest.fixture
 def shipped_vae(monkeypatch):
     """The shipped models folder and an empty model cache (vae-digits itself, 28x28)."""
-    import imageae.api
+    from imageae.denoise import api as denoise_api
+    from imageae.generate import api as generate_api
 
     monkeypatch.delenv("IMAGEAE_MODELS", raising=False)
-    monkeypatch.setattr(imageae.api, "_default", {})
+    monkeypatch.setattr(denoise_api, "_default", {})
+    monkeypatch.setattr(generate_api, "_default", {})
 
 
 @pytest.mark.parametrize("mode", ["1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "La", "RGBa"])

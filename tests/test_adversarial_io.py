@@ -65,11 +65,13 @@ def save_camera_file(path, fmt, array=None, orientation=6):
 @pytest.fixture(scope="module")
 def shipped_models():
     """The repo's own saved_models/, with one model cache for the whole module."""
-    import imageae.api
+    from imageae.denoise import api as denoise_api
+    from imageae.generate import api as generate_api
 
     patch = pytest.MonkeyPatch()
     patch.delenv("IMAGEAE_MODELS", raising=False)
-    patch.setattr(imageae.api, "_default", {})
+    patch.setattr(denoise_api, "_default", {})
+    patch.setattr(generate_api, "_default", {})
     yield
     patch.undo()
 
@@ -519,7 +521,7 @@ def test_compress_of_a_sixteen_bit_pil_image_is_refused_not_decoded_near_white(r
 
 
 def test_the_profile_for_the_codec_describes_the_pixels_it_stores():
-    from imageae.api import _codec_icc_profile
+    from imageae.codec.api import _codec_icc_profile
 
     rgb = Image.new("RGB", (4, 4), (10, 20, 30))
     rgb.info["icc_profile"] = SRGB

@@ -109,9 +109,9 @@ def test_resume_after_a_cut_in_an_earlier_epoch_stops_at_the_steps_asked_for(gre
 
 
 def test_an_interrupted_run_writes_its_best_epoch_says_so_and_resumes(grey_folder, tmp_path, monkeypatch):
-    import imageae.train
+    import imageae.training
 
-    original = imageae.train.StepBudget.on_train_batch_end
+    original = imageae.training.StepBudget.on_train_batch_end
 
     def interrupt_at(step):
         def on_train_batch_end(self, batch, logs=None):
@@ -119,7 +119,7 @@ def test_an_interrupted_run_writes_its_best_epoch_says_so_and_resumes(grey_folde
             if self.total == step:
                 raise KeyboardInterrupt
 
-        monkeypatch.setattr(imageae.train.StepBudget, "on_train_batch_end", on_train_batch_end)
+        monkeypatch.setattr(imageae.training.StepBudget, "on_train_batch_end", on_train_batch_end)
 
     argv = denoiser_argv(grey_folder, tmp_path, steps=6, steps_per_epoch=2)
     output = tmp_path / "out" / "den.keras"
@@ -144,7 +144,7 @@ def test_an_interrupted_run_writes_its_best_epoch_says_so_and_resumes(grey_folde
 
 
 def test_early_stop_is_named_and_the_first_of_equal_epochs_is_kept(grey_folder, tmp_path):
-    from imageae.train import DenoiserTrainConfig, train_denoiser
+    from imageae.denoise.train import DenoiserTrainConfig, train_denoiser
 
     # a learning rate too small to move a float32 weight: every epoch validates the same
     config = DenoiserTrainConfig(
@@ -254,7 +254,7 @@ def test_vae_time_cut_resumes_to_the_requested_epochs_and_cards_its_stop(pattern
 
 
 def test_settings_no_run_can_follow_are_refused_before_training(grey_folder, tmp_path):
-    from imageae.train import DenoiserTrainConfig, train_denoiser
+    from imageae.denoise.train import DenoiserTrainConfig, train_denoiser
 
     code, _, err = run_cli(*denoiser_argv(grey_folder, tmp_path, "--max-minutes", -1))
     assert code == 2 and "--max-minutes must be 0 (no limit) or positive, got -1" in err

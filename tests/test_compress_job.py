@@ -252,7 +252,7 @@ def test_compress_benchmark_draws_one_curve_per_model_and_compares_them(codec_fi
 
 
 def _session(codec_file):
-    from imageae.api import codec_session
+    from imageae.codec.api import codec_session
 
     return codec_session(str(codec_file))
 

@@ -176,10 +176,12 @@ def _shipped(job):
 
 @pytest.fixture
 def shipped_models(monkeypatch):
-    import imageae.api
+    from imageae.denoise import api as denoise_api
+    from imageae.generate import api as generate_api
 
     monkeypatch.delenv("IMAGEAE_MODELS", raising=False)
-    monkeypatch.setattr(imageae.api, "_default", {})
+    monkeypatch.setattr(denoise_api, "_default", {})
+    monkeypatch.setattr(generate_api, "_default", {})
 
 
 @pytest.mark.slow
@@ -212,7 +214,8 @@ def _check_vae_export(name, tmp_path, *, seed, count):
     """The served generate/generate_prior give imageae.generate's images for a seed, byte for
     byte, at the API's default precision; encode/decode give reconstruct's numbers."""
     from imageae import registry
-    from imageae.generation import decode_latents, encode_images
+    from imageae.generate import api as generate_api
+    from imageae.generate.sampling import decode_latents, encode_images
 
     target = export_saved_model(name, tmp_path)
     vae = registry.load_model(name, job="generate")
@@ -227,7 +230,7 @@ def _check_vae_export(name, tmp_path, *, seed, count):
         expected = imageae.generate(count, model=name, seed=seed, temperature=0.8, sampler=sampler)  # default precision
         np.testing.assert_array_equal(served.reshape(expected.shape), expected)
     assert "temperature must be positive" in out["inf_refused"]
-    local = imageae.api._vae(name)
+    local = generate_api._vae(name)
     np.testing.assert_array_equal(np.asarray(out["z_mean"], np.float32), encode_images(local, x))
     decoded = np.clip(np.round(np.asarray(out["decoded"], np.float32) * 255.0), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(decoded, decode_latents(local, encode_images(local, x)))
@@ -276,7 +279,7 @@ def _codec_round_trip_matches_the_api(model, tmp_path, image, quality):
     """
     import tensorflow as tf
 
-    from imageae.api import codec_session
+    from imageae.codec.api import codec_session
     from imageae.codec import analyze_image
     from imageae.codec.serving import ServedCodec
 

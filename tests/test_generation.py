@@ -1,4 +1,4 @@
-"""imageae.generation: seeded latent sampling, the mixture sampler, EM, Slerp, contact sheets."""
+"""imageae.generate.sampling: seeded latent sampling, the mixture sampler, EM, Slerp, contact sheets."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import build_tiny_vae
-import imageae.generation
-from imageae.generation import (
+from imageae.generate import sampling as generation
+from imageae.generate.sampling import (
     contact_sheet, decode_latents, fit_mixture, interpolate_latents, iter_samples, mixture_log_likelihood,
     run_in_blocks, run_in_blocks_tf, sample_latents, select_mixture,
 )
@@ -127,7 +127,7 @@ def test_the_largest_seed_works_and_numpy_integers_are_seeds(vae):
 @pytest.mark.parametrize("sampler", ["normal", "gmm"])
 def test_latents_of_an_image_do_not_depend_on_the_range_asked_for(vae, sampler, monkeypatch):
     # Blocks of 8 here (1024 in use), so ranges cross several block boundaries.
-    monkeypatch.setattr(imageae.generation, "SAMPLE_BLOCK", 8)
+    monkeypatch.setattr(generation, "SAMPLE_BLOCK", 8)
     whole = sample_latents(vae, 30, seed=9, sampler=sampler)
     for start, n in [(0, 5), (3, 11), (8, 8), (7, 23), (29, 1)]:
         np.testing.assert_array_equal(sample_latents(vae, n, seed=9, sampler=sampler, start=start),
@@ -136,7 +136,7 @@ def test_latents_of_an_image_do_not_depend_on_the_range_asked_for(vae, sampler, 
 
 
 def test_streamed_samples_are_the_same_images_for_every_batch_size(monkeypatch):
-    monkeypatch.setattr(imageae.generation, "SAMPLE_BLOCK", 16)
+    monkeypatch.setattr(generation, "SAMPLE_BLOCK", 16)
     model = build_tiny_vae(seed=3)
     whole = decode_latents(model, sample_latents(model, 40, seed=2, temperature=0.7))
     for batch_size in (1, 7, 16, 64):

@@ -16,10 +16,12 @@ DATA = registry.Path(__file__).resolve().parent.parent / "data"
 @pytest.fixture(autouse=True)
 def shipped_models(monkeypatch):
     """Use the repo's own saved_models/, whatever IMAGEAE_MODELS says."""
-    import imageae.api
+    from imageae.denoise import api as denoise_api
+    from imageae.generate import api as generate_api
 
     monkeypatch.delenv("IMAGEAE_MODELS", raising=False)
-    monkeypatch.setattr(imageae.api, "_default", {})
+    monkeypatch.setattr(denoise_api, "_default", {})
+    monkeypatch.setattr(generate_api, "_default", {})
 
 
 @pytest.mark.parametrize("entry", registry.list_models(), ids=lambda e: e.name)
@@ -79,7 +81,7 @@ def test_generated_digits_are_recognised_by_the_digit_classifier():
 
 
 def test_shipped_codec_spends_more_bits_for_better_pictures_at_every_quality():
-    from imageae.api import codec_session
+    from imageae.codec.api import codec_session
     from imageae.codec import estimate_bits
 
     clean = read_image(DATA / "clean" / "coffee.png").pixels[:256, :320]

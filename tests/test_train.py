@@ -204,7 +204,7 @@ def test_train_denoiser_learns_to_denoise_and_ships_a_float32_model(tmp_path):
     plain float32 DenoiserUNet with a card, history and curve, and no optimizer state."""
     from conftest import smooth_image
     from imageae.models.denoiser import DenoiserUNet
-    from imageae.train import DenoiserTrainConfig, train_denoiser
+    from imageae.denoise.train import DenoiserTrainConfig, train_denoiser
 
     data = tmp_path / "clean"
     data.mkdir()

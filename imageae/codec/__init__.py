@@ -1,8 +1,11 @@
-"""The bitstream layer of the learned image codecs: the ``.iae`` container and the entropy coder.
+"""The compress job: the learned image codecs, from the bitstream up.
 
 ``container`` reads and writes ``.iae`` files (format: ``docs/iae-format.md``); ``coder`` turns
 integer symbol arrays into range-coded bytes and back, with integer probability tables so that
 a file decodes bit-exactly on any machine. Neither touches the filesystem or a model.
+``transforms``, ``session`` and ``refine`` run a model's transforms and code its latents;
+``api`` is the public API (:func:`imageae.compress`, ...), ``train`` the recipe, ``cli`` the
+subcommands, ``export`` and ``serving`` the TensorFlow Serving side.
 """
 
 from imageae.codec.coder import (

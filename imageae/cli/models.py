@@ -1,0 +1,50 @@
+"""The subcommands about models rather than one job: ``imageae export`` and ``imageae models``."""
+
+import argparse
+import json
+import os
+
+from imageae.cli.common import EXIT_OK, _positive_int
+
+
+def register(commands, train):
+    """Add ``export`` and ``models``; their handlers by command."""
+    p = commands.add_parser(
+        "export", help="export a model as a SavedModel for TensorFlow Serving",
+        description="Write MODEL as a SavedModel in TF Serving's layout DIR/<model>/<version>/.",
+        epilog="example:\n  imageae export denoise-colour -o serving/ --version 1\n"
+               "  saved_model_cli show --all --dir serving/denoise-colour/1\n\n"
+               "See README.md, 'Serving with TensorFlow Serving', for the signatures and REST/gRPC requests.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="a name from 'imageae models' or a .keras path")
+    p.add_argument("-o", "--output", required=True, help="model base folder (TF Serving's --model_base_path parent)")
+    p.add_argument("--version", type=_positive_int, default=1, help="version number folder (default: 1)")
+
+    p = commands.add_parser("models", help="list the shipped models", description="List the shipped models.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return {"export": _cmd_export, "models": _cmd_models}
+
+
+def _cmd_export(args):
+    from imageae.export import export_saved_model
+
+    path = export_saved_model(args.model, args.output, version=args.version)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _cmd_models(args):
+    from imageae.registry import list_models
+
+    rows = [m.as_dict() for m in list_models()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        flag = "" if r["available"] else "  [weights missing]"
+        qualities = f" (--quality 1..{r['qualities']})" if r.get("qualities") else ""
+        print(f"{r['name']:<{width}}  {r['job']:<9} {r['colour_mode']:<7} {r['description']}{qualities}{flag}")
+        print(f"{'':<{width}}  {os.path.relpath(r['file'])}")
+    return EXIT_OK
