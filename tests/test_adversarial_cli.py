@@ -199,3 +199,33 @@ def test_the_python_api_prints_none_of_tensorflows_start_up_chatter(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     for chatter in ("oneDNN", "cuInit", "cuda drivers", "absl::InitializeLog", "cpu_feature_guard"):
         assert chatter not in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------------------ signals
+
+
+@pytest.mark.parametrize("signum, code, word", [(2, 130, "interrupted"), (15, 143, "terminated")])
+def test_a_signal_mid_run_leaves_complete_outputs_and_no_partial_file(tmp_path, signum, code, word):
+    import signal as signals
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):  # the shipped colour model: long enough a run to stop in the middle
+        Image.fromarray(smooth_image(256, 256, seed=i)).save(src / f"{i:02d}.png")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen([sys.executable, "-m", "imageae.cli", "denoise", str(src), "-o", str(out)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (out.exists() and any(out.glob("*.png"))):
+        time.sleep(0.2)
+    process.send_signal(signals.Signals(signum))
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == code, stderr[-2000:]
+    assert word in stderr and "Traceback" not in stderr
+    written = sorted(out.iterdir())
+    assert 0 < len(written) < 60 and not [p for p in written if p.name.endswith(".part") or p.name.startswith(".")]
+    for path in written:  # every output that exists is a whole image
+        assert Image.open(path).size == (256, 256)
+        Image.open(path).load()

@@ -8,12 +8,16 @@ the names in :data:`JOBS`. Adding a job is one package with a ``cli`` module and
 :data:`JOBS`.
 
 Exit codes: 0 every file succeeded, 1 some files failed (each named with its reason),
-2 usage error, 130 interrupted.
+2 usage error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Interrupted or terminated,
+a job finishes the file it is writing, cancels the rest and leaves no partial file.
 """
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 from imageae.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE  # noqa: F401  (the exit codes)
 
@@ -92,6 +96,31 @@ def _parse(parser, argv):
     return args
 
 
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python next runs, so a job unwinds as it does on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """While a command runs, SIGTERM (``kill``, a scheduler's stop) unwinds it like Ctrl-C:
+    queued writes are cancelled, the running one completes, no temporary file is left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None):
     """Run the imageae command line; returns the exit code."""
     parser, handlers = _assemble()
@@ -104,10 +133,12 @@ def main(argv=None):
     import_tensorflow()
     command = f"train {args.family}" if args.command == "train" else args.command
     try:
-        return handlers[command](args)
-    except KeyboardInterrupt:
-        print("interrupted; outputs written so far are complete, no partial files were left", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        with _sigterm_unwinds():
+            return handlers[command](args)
+    except KeyboardInterrupt as stop:
+        how = "terminated" if isinstance(stop, Terminated) else "interrupted"
+        print(f"{how}; outputs written so far are complete, no partial files were left", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     except (ValueError, OSError, RuntimeError, TypeError, LookupError) as error:
         # Whole-run problems (bad options, missing inputs, an output folder that cannot be made,
         # a model that is not installed): one line naming the command, no traceback.

@@ -25,14 +25,16 @@ _positive_int = _int_at_least(1, "a positive integer")
 _nonnegative_int = _int_at_least(0, "a whole number >= 0")
 
 
-def _add_runtime_flags(parser):
+def _add_runtime_flags(parser, *, precision_help="compute precision: auto = bfloat16 on CPUs that have it, "
+                                                   "float16 on GPUs, else float32"):
+    """--device and --precision; a job whose 'auto' means something else says so in ``precision_help``."""
     parser.add_argument(
         "--device", choices=["auto", "cpu", "gpu"], default="auto",
         help="where to compute: a GPU when TensorFlow sees one (auto), or force one (default: auto)",
     )
     parser.add_argument(
         "--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
-        help="compute precision: auto = bfloat16 on CPUs that have it, float16 on GPUs, else float32",
+        help=precision_help,
     )
 
 

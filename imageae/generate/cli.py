@@ -8,6 +8,7 @@ from imageae.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     _add_folder_flags,
+    _add_runtime_flags,
     _add_training_flags,
     _configure_device,
     _int_at_least,
@@ -64,16 +65,10 @@ GRID_LIMIT = 1024
 
 def _add_vae_runtime_flags(parser):
     """--device and --precision for the VAE commands, whose 'auto' precision is float32."""
-    parser.add_argument(
-        "--device", choices=["auto", "cpu", "gpu"], default="auto",
-        help="where to compute: a GPU when TensorFlow sees one (auto), or force one (default: auto)",
-    )
-    parser.add_argument(
-        "--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
-        help="compute precision: auto = float32 (the same images as on machines without bfloat16 and as an "
-             "exported model); mixed_bfloat16 is faster on CPUs that have it (vae-faces64: about 2.5x) but moves "
-             "pixels by a few grey levels (default: auto)",
-    )
+    _add_runtime_flags(parser, precision_help=(
+        "compute precision: auto = float32 (the same images as on machines without bfloat16 and as an "
+        "exported model); mixed_bfloat16 is faster on CPUs that have it (vae-faces64: about 2x) but moves "
+        "pixels by a few grey levels (default: auto)"))
 
 
 def _seed(text):
