@@ -346,6 +346,25 @@ def test_compress_reports_each_file_and_the_quality_target_bpp_chose(codec_path,
     assert "compress-report.csv" in out and "bpp overall" in out
 
 
+def test_compress_reports_each_files_psnr_when_asked(codec_path, tmp_path):
+    from imageae.metrics import psnr
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    image = smooth_image(40, 50, seed=3)
+    Image.fromarray(image).save(photos / "p.png")
+    code, out, err = run_cli("compress", photos, "-o", tmp_path / "packed", "--model", codec_path, "--quality", "2",
+                             "--psnr", "--progress", "off")
+    assert code == 0, err
+    with open(tmp_path / "packed" / "compress-report.csv") as table:
+        [row] = list(csv.DictReader(table))
+    restored = imageae.decompress((tmp_path / "packed" / "p.iae").read_bytes(), models=[str(codec_path)])
+    assert float(row["psnr"]) == pytest.approx(psnr(image, restored), abs=1e-3)
+    assert f"{float(row['psnr']):.2f} dB" in out
+    report = imageae.compress_folder(photos, tmp_path / "plain", quality=2, model=str(codec_path))
+    assert "psnr" not in report.entries[0]  # decoding again only when asked
+
+
 def test_the_progress_bar_moves_during_refinement(codec_path, tmp_path, monkeypatch):
     from imageae.pipelines import folder
 

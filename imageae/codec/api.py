@@ -283,7 +283,7 @@ def _read_for_codec(path):
 
 
 def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, overwrite=False,
-                    progress=None, refine_steps=0, max_pixels=MAX_CODEC_PIXELS):
+                    progress=None, refine_steps=0, max_pixels=MAX_CODEC_PIXELS, psnr=False):
     """Compress every image in ``inputs`` (files and folders) into ``.iae`` files under ``output``.
 
     The output tree mirrors the input tree (``photos/a/b.jpg`` -> ``OUT/a/b.iae``). Existing
@@ -292,7 +292,8 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
     run goes on. Each image's ICC colour profile is stored in its file.
 
     ``refine_steps``, ``max_pixels``: as for :func:`compress`. The progress bar counts images,
-    in fractions of one during each image's refinement steps.
+    in fractions of one during each image's refinement steps. ``psnr``: also decode each file
+    and measure its PSNR against the input (8-bit, dB; about the encoding time again).
 
     Returns
     -------
@@ -300,7 +301,7 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
         ``pixels`` and ``seconds`` give the speed; ``entries`` one dict per file written, in
         input order: ``input``, ``output``, ``bytes``, ``bpp`` (file bits per pixel),
         ``quality`` (the one used: with ``target_bpp``, the one the search chose), ``seconds``
-        (encoding), ``width``, ``height``. The same table is written as
+        (encoding), ``width``, ``height``, and with ``psnr`` the file's ``psnr``. The same table is written as
         ``OUTPUT/compress-report.csv`` (replaced by each run that writes a file).
     """
     from imageae.data.io import write_bytes_atomic
@@ -352,6 +353,12 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
             entries.append({"input": str(task.source), "output": str(task.target), "bytes": len(data),
                             "bpp": round(8 * len(data) / (height * width), 4), "quality": used,
                             "seconds": round(time.perf_counter() - started, 3), "width": width, "height": height})
+            if psnr:
+                from imageae.codec.session import decompress_bytes
+                from imageae.metrics import psnr as psnr_of
+
+                restored = decompress_bytes(lambda name: session, data, max_pixels=max_pixels)
+                entries[-1]["psnr"] = round(float(psnr_of(decoded.pixels, restored.reshape(decoded.pixels.shape))), 3)
             writer.submit(task, write_bytes_atomic, data)
     written = set(report.written)
     report.entries = [entry for entry in entries if entry["output"] in written]

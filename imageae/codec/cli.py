@@ -76,6 +76,9 @@ def register(commands, train):
                         "pass; 100 is a good value; images up to 4 Mpixel)")
     p.add_argument("--max-pixels", type=_positive_int, metavar="N",
                    help="refuse images of more than N pixels (default 89478485, about 89.5 Mpixel: Pillow's limit)")
+    p.add_argument("--psnr", action="store_true",
+                   help="also decode each file and report its PSNR against the input (dB; about the encoding "
+                        "time again)")
     _add_folder_flags(p)
 
     p = commands.add_parser(
@@ -132,7 +135,7 @@ def _cmd_compress(args):
         raise ValueError(f"--target-bpp must be positive, got {args.target_bpp}")
     report = compress_folder(args.inputs, args.output, quality=args.quality, target_bpp=args.target_bpp,
                              model=args.model, overwrite=args.overwrite, progress=_progress(args),
-                             refine_steps=args.refine_steps, max_pixels=_max_pixels(args))
+                             refine_steps=args.refine_steps, max_pixels=_max_pixels(args), psnr=args.psnr)
     print("\n".join(_compress_lines(report, args)), file=sys.stdout)
     print(report.summary("compressed"), file=sys.stderr if report.failed else sys.stdout)
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -154,7 +157,8 @@ def _compress_lines(report, args, *, most=20):
     if not entries:
         return []
     lines = [f"  {e['input']} -> {e['output']}: {e['bytes']} bytes, {8 * e['bytes'] / (e['width'] * e['height']):.3f} "
-             f"bpp, quality {e['quality']}, {e['seconds']:.1f} s" for e in entries[:most]]
+             f"bpp, quality {e['quality']}, {e['seconds']:.1f} s" + (f", {e['psnr']:.2f} dB" if "psnr" in e else "")
+             for e in entries[:most]]
     if len(entries) > most:
         lines.append(f"  ... {len(entries) - most} more")
     pixels = sum(e["width"] * e["height"] for e in entries)
