@@ -106,3 +106,69 @@ def export_saved_model(model, directory, *, version=1, name=None):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+TFLITE_QUANTIZE = ("int8", "float16", "none")
+
+
+def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=512, name=None):
+    """Export a model as a LiteRT (TensorFlow Lite) flatbuffer for edge devices.
+
+    Writes ``directory/<name>.tflite`` and ``directory/<name>.json`` (the fixed window
+    ``tile``, its ``margin`` and the model's ``stride``, which the tiled runner needs).
+    Supported so far: the denoisers (:data:`imageae.registry.TFLITE_EXPORTERS`).
+
+    Parameters
+    ----------
+    model : str
+        A registered model name or a .keras path.
+    directory : path
+        Output folder (created).
+    quantize : {"int8", "float16", "none"}
+        "int8": full-integer post-training quantisation calibrated on noisy windows
+        (float32 inputs and outputs, int8 inside); "float16": float16 weights; "none": float32.
+    calibration : path, optional
+        Folder of (noisy) images for int8 calibration; default the checkout's ``data/``.
+    tile : int
+        The model's fixed input window (rounded up to the model's stride).
+    name : str, optional
+        File stem (default ``<model>-<quantize>``).
+
+    Returns
+    -------
+    pathlib.Path
+        The written .tflite file.
+    """
+    import json
+
+    from imageae import registry
+    from imageae.runtime import with_precision
+
+    if quantize not in TFLITE_QUANTIZE:
+        raise ValueError(f"quantize must be one of {', '.join(TFLITE_QUANTIZE)}, got {quantize!r}")
+    if calibration is not None and not Path(calibration).is_dir():
+        raise ValueError(f"--calibration {calibration}: not a folder of images")
+    entry = registry.MODELS.get(model)
+    path = registry.resolve(model, job=entry.job if entry else None)
+    loaded = with_precision(registry.load_model(str(path), job=entry.job if entry else None), "float32")
+    converter = registry.TFLITE_EXPORTERS.get(type(loaded).__name__)
+    if converter is None:
+        supported = ", ".join(m.name for m in registry.MODELS.values() if m.job == "denoise")
+        raise ValueError(
+            f"{model}: cannot export a {type(loaded).__name__} as tflite yet; --format tflite supports "
+            f"the denoisers ({supported}, or a .keras DenoiserUNet). Use --format savedmodel for this model."
+        )
+    module, function = converter.split(":")
+    data, meta = getattr(importlib.import_module(module), function)(
+        loaded, quantize=quantize, calibration=calibration, tile=tile
+    )
+    stem = name or f"{entry.name if entry else Path(path).stem}-{quantize}"
+    meta["model"] = entry.name if entry else str(path)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{stem}.tflite"
+    from imageae.data.io import write_bytes_atomic
+
+    write_bytes_atomic(target, data)
+    write_bytes_atomic(target.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
+    return target

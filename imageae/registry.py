@@ -184,3 +184,10 @@ SERVING_SIGNATURES = {
     "DigitClassifier": "imageae.generate.export:_classifier_archive",
     "HyperpriorCodec": "imageae.codec.export:_codec_archive",
 }
+
+# The LiteRT (.tflite) converter of each model class ("module:function", called with the loaded
+# model and quantize=, calibration=, tile=; returns the flatbuffer bytes and the sidecar JSON's
+# dict). imageae.export.export_tflite imports them by this name.
+TFLITE_EXPORTERS = {
+    "DenoiserUNet": "imageae.denoise.export:_denoiser_tflite",
+}

@@ -10,16 +10,28 @@ from imageae.cli.common import EXIT_OK, _positive_int
 def register(commands, train):
     """Add ``export`` and ``models``; their handlers by command."""
     p = commands.add_parser(
-        "export", help="export a model as a SavedModel for TensorFlow Serving",
-        description="Write MODEL as a SavedModel in TF Serving's layout DIR/<model>/<version>/.",
+        "export", help="export a model as a SavedModel for TensorFlow Serving, or as LiteRT .tflite",
+        description="Write MODEL as a SavedModel in TF Serving's layout DIR/<model>/<version>/, or "
+                    "(--format tflite, denoisers only for now) as DIR/<model>-<quantize>.tflite plus a "
+                    ".json recording its fixed window (tile, margin, stride).",
         epilog="example:\n  imageae export denoise-colour -o serving/ --version 1\n"
-               "  saved_model_cli show --all --dir serving/denoise-colour/1\n\n"
+               "  saved_model_cli show --all --dir serving/denoise-colour/1\n"
+               "  imageae export denoise-grey --format tflite --quantize int8 -o edge/\n"
+               "  imageae denoise noisy.png -o clean/ --model edge/denoise-grey-int8.tflite\n\n"
                "See README.md, 'Serving with TensorFlow Serving', for the signatures and REST/gRPC requests.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("model", metavar="MODEL", help="a name from 'imageae models' or a .keras path")
     p.add_argument("-o", "--output", required=True, help="model base folder (TF Serving's --model_base_path parent)")
     p.add_argument("--version", type=_positive_int, default=1, help="version number folder (default: 1)")
+    p.add_argument("--format", choices=("savedmodel", "tflite"), default="savedmodel",
+                   help="savedmodel (TF Serving, default) or tflite (LiteRT; the denoisers)")
+    p.add_argument("--quantize", choices=("int8", "float16", "none"), default=None,
+                   help="tflite only: int8 (full-integer, calibrated; float32 in/out, default), float16 or none")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="tflite int8 only: folder of noisy images to calibrate on (default: the checkout's data/)")
+    p.add_argument("--tile", type=_positive_int, default=None,
+                   help="tflite only: the fixed input window in pixels (default: 512)")
 
     p = commands.add_parser("models", help="list the shipped models", description="List the shipped models.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -27,8 +39,16 @@ def register(commands, train):
 
 
 def _cmd_export(args):
-    from imageae.export import export_saved_model
+    from imageae.export import export_saved_model, export_tflite
 
+    if args.format == "tflite":
+        path = export_tflite(args.model, args.output, quantize=args.quantize or "int8",
+                             calibration=args.calibration, tile=args.tile or 512)
+        print(f"wrote {path} and {path.with_suffix('.json')}")
+        return EXIT_OK
+    given = [f for f, v in (("--quantize", args.quantize), ("--calibration", args.calibration), ("--tile", args.tile)) if v is not None]
+    if given:
+        raise ValueError(f"{' and '.join(given)} apply to --format tflite only")
     path = export_saved_model(args.model, args.output, version=args.version)
     print(f"wrote {path}")
     return EXIT_OK

@@ -23,7 +23,9 @@ class Denoiser:
     ----------
     model : str
         "auto" (the shipped grey model for grey images, the colour one for colour images),
-        a registered model name, or the path of a .keras file.
+        a registered model name, the path of a .keras file, or the path of a .tflite file
+        written by ``imageae export MODEL --format tflite`` (run by the LiteRT interpreter,
+        ``pip install imageae[litert]``, with the same tiling; ``precision`` is then the file's).
     precision : str
         "auto" (bfloat16 on CPUs that have it, float16 on GPUs, float32 otherwise), or a
         Keras dtype policy name.
@@ -49,6 +51,13 @@ class Denoiser:
         from imageae.runtime import with_precision
 
         name = _pick_model(self.model, channels)
+        if name not in self._runners and str(name).lower().endswith(".tflite"):
+            from imageae.pipelines.litert import LiteRTRunner
+
+            runner = LiteRTRunner(name, batch_size=self.batch_size)  # precision: the file's own
+            if runner.job != "denoise":
+                raise ValueError(f"{name} is a {runner.job} model, not a denoise model")
+            self._runners[name] = runner
         if name not in self._runners:
             loaded = registry.load_model(name, job="denoise")
             self._runners[name] = TiledRunner(
@@ -139,7 +148,7 @@ def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4, s
         The ICC profile and EXIF in ``image.info`` are kept in the result's ``info``.
     model : str
         "auto" (grey or colour model by the image's channels), a registered name
-        (``imageae models``) or a path to a .keras file.
+        (``imageae models``), a path to a .keras file or to an exported .tflite file.
     self_ensemble : bool
         Average the results over the image's 8 flips and rotations (8x the time, a little
         more PSNR).

@@ -98,6 +98,11 @@ class DenoiserUNet(keras.Model):
 
     def call(self, x):
         x = keras.ops.cast(x, "float32")
+        return x - keras.ops.cast(self.predict_noise(x), "float32")
+
+    def predict_noise(self, x):
+        """The noise the model finds in ``x`` (``call`` returns ``x`` minus this). Exported alone
+        for int8 LiteRT, so that the subtraction stays in float outside the quantised graph."""
         h = self.head(x)
         skips = []
         for blocks, down in zip(self.encoder_blocks, self.downs):
@@ -111,8 +116,7 @@ class DenoiserUNet(keras.Model):
             h = up(h) + skip
             for block in blocks:
                 h = block(h)
-        noise = self.tail(h)
-        return x - keras.ops.cast(noise, "float32")
+        return self.tail(h)
 
     def get_config(self):
         config = super().get_config()
