@@ -9,10 +9,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import build_tiny_denoiser, smooth_image
 from PIL import Image
 
 import imageae
-from conftest import build_tiny_denoiser, smooth_image
 from imageae.cli import main
 from imageae.export import export_tflite
 from imageae.pipelines.tiling import pad_to_multiple

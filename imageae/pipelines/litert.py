@@ -49,7 +49,8 @@ class LiteRTRunner(TiledRunner):
         LiteRT interpreter threads (default: LiteRT's own choice).
     """
 
-    def __init__(self, path, *, batch_size=4, num_threads=None):  # noqa: D107 (no TiledRunner.__init__)
+    def __init__(self, path, *, batch_size=4, num_threads=None):
+        # TiledRunner.__init__ wants a Keras model; the attributes run() uses are set here instead.
         meta = read_litert_metadata(path)
         try:
             from ai_edge_litert.interpreter import Interpreter
