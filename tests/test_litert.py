@@ -132,3 +132,16 @@ def test_cli_exports_and_denoises_with_a_tflite(exported, calibration_dir, tmp_p
     capsys.readouterr()
     assert main(["export", str(keras_path), "--quantize", "int8", "-o", str(tmp_path / "sm")]) == 2
     assert "--format tflite only" in capsys.readouterr().err
+
+
+def test_without_the_litert_package_a_tflite_is_refused_with_the_install_line(exported, monkeypatch, tmp_path, capsys):
+    import sys
+
+    _, path = exported[1]
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # import fails as if not installed
+    with pytest.raises(RuntimeError, match=r"pip install 'imageae\[litert\]'"):
+        imageae.Denoiser(str(path)).runner(1)
+    src = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(src)
+    assert main(["denoise", str(src), "-o", str(tmp_path / "out"), "--model", str(path)]) == 2
+    assert "imageae[litert]" in capsys.readouterr().err

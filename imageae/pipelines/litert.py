@@ -54,8 +54,8 @@ class LiteRTRunner(TiledRunner):
         meta = read_litert_metadata(path)
         try:
             from ai_edge_litert.interpreter import Interpreter
-        except ImportError:
-            raise ImportError(
+        except ImportError:  # RuntimeError: the CLI turns it into one line and exit 2
+            raise RuntimeError(
                 "running a .tflite model needs the LiteRT interpreter: pip install 'imageae[litert]' "
                 "(or pip install ai-edge-litert)"
             ) from None
