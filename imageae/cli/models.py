@@ -48,7 +48,7 @@ def _cmd_export(args):
         return EXIT_OK
     given = [f for f, v in (("--quantize", args.quantize), ("--calibration", args.calibration), ("--tile", args.tile)) if v is not None]
     if given:
-        raise ValueError(f"{' and '.join(given)} apply to --format tflite only")
+        raise ValueError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to --format tflite only")
     path = export_saved_model(args.model, args.output, version=args.version)
     print(f"wrote {path}")
     return EXIT_OK
