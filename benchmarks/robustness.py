@@ -182,22 +182,14 @@ def hostile_cases(work):
         return _cli("generate", "-n", "2", "-o", d / "out", "--seed", "2"), {
             "codes": {0, 1}, "check": lambda d, r: [] if digest(d / "out") == before else ["existing files replaced"]}
 
-    @case("traceback", "denoise -o below a file")
-    def _(d):
-        Image.fromarray(_photo()).save(d / "a.png")
-        (d / "file").write_text("x")
-        return _cli("denoise", d / "a.png", "-o", d / "file" / "sub"), {"codes": {2}, "names": ["output"]}
-
-    @case("traceback", "generate -o below a file")
-    def _(d):
-        (d / "file").write_text("x")
-        return _cli("generate", "-n", "1", "-o", d / "file" / "sub"), {"codes": {2}, "names": ["file"]}
-
-    @case("traceback", "compress -o below a file")
-    def _(d):
-        Image.fromarray(_photo()).save(d / "a.png")
-        (d / "file").write_text("x")
-        return _cli("compress", d / "a.png", "-o", d / "file" / "sub"), {"codes": {2}, "names": ["output"]}
+    for job in ("denoise", "generate", "compress"):
+        @case("traceback", f"{job} -o below a file")
+        def _(d, job=job):
+            (d / "file").write_text("x")
+            if job == "generate":
+                return _cli(job, "-n", "1", "-o", d / "file" / "sub"), {"codes": {2}, "names": ["file"]}
+            Image.fromarray(_photo()).save(d / "a.png")
+            return _cli(job, d / "a.png", "-o", d / "file" / "sub"), {"codes": {2}, "names": ["output"]}
 
     @case("usage", "unknown top-level flag")
     def _(d):
@@ -309,11 +301,7 @@ def _with_size(data, height, width):
     from imageae.codec import container
 
     header, sections = container.unpack(bytes(data))
-    try:
-        return container.pack(dataclasses.replace(header, height=height, width=width), sections,
-                              max_size=10**6)
-    except TypeError:
-        return container.pack(dataclasses.replace(header, height=height, width=width), sections)
+    return container.pack(dataclasses.replace(header, height=height, width=width), sections, max_size=10**6)
 
 
 def large_cases(work):

@@ -354,10 +354,10 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
                             "bpp": round(8 * len(data) / (height * width), 4), "quality": used,
                             "seconds": round(time.perf_counter() - started, 3), "width": width, "height": height})
             if psnr:
-                from imageae.codec.session import decompress_bytes
+                from imageae.codec.session import decompress_bytes, make_session_lookup
                 from imageae.metrics import psnr as psnr_of
 
-                restored = decompress_bytes(lambda name: session, data, max_pixels=max_pixels)
+                restored = decompress_bytes(make_session_lookup(session), data, max_pixels=max_pixels)
                 entries[-1]["psnr"] = round(float(psnr_of(decoded.pixels, restored.reshape(decoded.pixels.shape))), 3)
             writer.submit(task, write_bytes_atomic, data)
     written = set(report.written)
