@@ -10,6 +10,7 @@ Public API::
     imageae.generate(n, model="vae-digits", seed=0, temperature=1.0)   # uint8 images
     imageae.generate_batches(n, batch_size=256)   # the same images, streamed (any n)
     imageae.reconstruct(images), imageae.interpolate(a, b, steps=8)
+    imageae.embed(images, model="vae-digits")   # latent features, float32 (n, code_size)
     imageae.export_saved_model(name, dir, version=1)   # TF Serving layout
     imageae.load_model(name_or_path, job)  # a shipped model by name, or a .keras file
     imageae.list_models()
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 from imageae.codec.api import compress, compress_folder, decompress, decompress_folder  # noqa: E402
 from imageae.denoise.api import Denoiser, denoise, denoise_folder  # noqa: E402
 from imageae.export import export_saved_model  # noqa: E402
+from imageae.features.api import embed  # noqa: E402
 from imageae.generate.api import generate, generate_batches, interpolate, reconstruct  # noqa: E402
 from imageae.registry import list_models, load_model  # noqa: E402
 
@@ -37,6 +39,7 @@ __all__ = [
     "decompress_folder",
     "denoise",
     "denoise_folder",
+    "embed",
     "export_saved_model",
     "generate",
     "generate_batches",
