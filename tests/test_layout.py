@@ -22,6 +22,11 @@ ROOT = Path(imageae.__file__).parent
 # by the names in JOBS): the two places above the jobs.
 FACADE = {"imageae", "imageae.cli", "imageae.cli.__main__"}
 
+# Runners: packages that run the jobs elsewhere (imageae.beam: on Apache Beam). A runner has
+# subcommands like a job, and may import the core and each job's public ``api`` module, nothing
+# else of a job; no job and nothing in the core imports a runner.
+RUNNERS = {"imageae.beam"}
+
 
 def _module_name(path):
     parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
@@ -84,7 +89,9 @@ def _graph():
 
 def test_the_layout_has_the_jobs_and_core_it_documents():
     modules, _ = _graph()
-    assert _job_packages(modules) == {"imageae.denoise", "imageae.codec", "imageae.generate", "imageae.features"}
+    assert _job_packages(modules) - RUNNERS == {"imageae.denoise", "imageae.codec", "imageae.generate",
+                                                "imageae.features"}
+    assert RUNNERS <= _job_packages(modules)
     for gone in ("imageae.api", "imageae.train", "imageae.generation"):
         assert gone not in modules, f"{gone} should have moved into the job packages"
     for job in ("imageae.denoise", "imageae.codec", "imageae.generate"):
@@ -103,6 +110,11 @@ def test_jobs_import_only_the_core_and_the_core_imports_no_job():
             goes_to = _owner(target, jobs)
             if owner == "core" and goes_to != "core":
                 wrong.append(f"{name}:{line} (core) imports {target} ({goes_to})")
+            elif owner in RUNNERS:
+                if goes_to not in ("core", owner) and target != f"{goes_to}.api":
+                    wrong.append(f"{name}:{line} (runner {owner}) imports {target} ({goes_to}), not a job's api")
+            elif goes_to in RUNNERS:
+                wrong.append(f"{name}:{line} ({owner}) imports the runner {target}")
             elif owner not in ("core", "facade") and goes_to not in ("core", owner):
                 wrong.append(f"{name}:{line} (job {owner}) imports {target} ({goes_to})")
     assert not wrong, "layering broken:\n" + "\n".join(wrong)

@@ -27,6 +27,7 @@ JOBS = (
     "imageae.codec.cli",
     "imageae.generate.cli",
     "imageae.features.cli",
+    "imageae.beam.cli",
     "imageae.cli.models",
 )
 
