@@ -124,6 +124,14 @@ def test_a_tuple_from_encode_gives_its_first_element(tiny):
     np.testing.assert_allclose(imageae.embed(images, model=Wrapped()), _direct(tiny, images), rtol=1e-5, atol=1e-6)
 
 
+def test_a_wrapper_holding_its_model_is_unwrapped(tiny):
+    class Detector:  # as imageae.AnomalyDetector holds its autoencoder
+        model = tiny
+
+    images = _digits(2)
+    np.testing.assert_allclose(imageae.embed(images, model=Detector()), _direct(tiny, images), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("images, error, words", [
     (np.zeros((8, 8), np.uint8), ValueError, "[image]"),
     (np.zeros((8, 8, 3), np.uint8), ValueError, "single image"),

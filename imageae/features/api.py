@@ -11,7 +11,8 @@ model given by name or path is adapted by what it offers, never by which job mad
   features are the posterior mean;
 * ``analyze(x)`` and ``num_latent``: the learned codec (codec-v4); the features are its analysis
   transform g_a averaged over the image (a global descriptor of a 256x256 view);
-* ``features(x)`` and ``feature_dim``: the digit classifier's penultimate layer (supervised).
+* ``features(x)`` and ``feature_dim``: the digit classifier's penultimate layer (supervised);
+* a ``model`` attribute holding one of these (``imageae.AnomalyDetector``): that model.
 """
 
 import dataclasses
@@ -120,6 +121,9 @@ def _adapt(model, name):
         return Encoder(name, pooled, int(model.num_latent), size or CODEC_VIEW, channels or 3)
     if callable(getattr(model, "features", None)) and getattr(model, "feature_dim", None):
         return Encoder(name, model.features, int(model.feature_dim), size or 28, channels or 1)
+    inner = getattr(model, "model", None)  # a wrapper holding its model (an anomaly detector, say)
+    if inner is not None and inner is not model and not isinstance(inner, (str, os.PathLike)):
+        return _adapt(inner, name)
     raise TypeError(
         f"{name} is not an encoder imageae can use: give a model with encode(x) -> (batch, code_size) and a "
         f"code_size attribute (and image_size/channels for its input), or one of {', '.join(embeddable_models())}"
@@ -422,7 +426,6 @@ def embed_folder(inputs, output, *, model, overwrite=False, batch_size=256, prec
 
     batch_size = _check_batch_size(batch_size)
     output = check_output(output, inputs=inputs, overwrite=overwrite)
-    encoder = as_encoder(model, precision=precision)  # an unknown model fails before any work
     report = FolderReport()
     sources = [_Source(path) for path in _discover(inputs, report)]
     if output.suffix.lower() == ".npy":
@@ -441,6 +444,9 @@ def embed_folder(inputs, output, *, model, overwrite=False, batch_size=256, prec
         batch_paths.clear()
 
     with running_job(report, len(sources), desc="embed", progress=progress) as (_, bar):
+        # Loaded here so that the summary's time includes it, as it says; an unknown model still
+        # fails before anything is decoded or written.
+        encoder = as_encoder(model, precision=precision)
         for task, decoded, error in decoded_images(sources):
             bar.update(1)
             if error is not None:
