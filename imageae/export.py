@@ -111,12 +111,14 @@ def export_saved_model(model, directory, *, version=1, name=None):
 TFLITE_QUANTIZE = ("int8", "float16", "none")
 
 
-def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=512, name=None):
+def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=None, name=None):
     """Export a model as a LiteRT (TensorFlow Lite) flatbuffer for edge devices.
 
-    Writes ``directory/<name>.tflite`` and ``directory/<name>.json`` (the fixed window
-    ``tile``, its ``margin`` and the model's ``stride``, which the tiled runner needs).
-    Supported so far: the denoisers (:data:`imageae.registry.TFLITE_EXPORTERS`).
+    Writes ``directory/<name>.tflite`` and ``directory/<name>.json``, which says what the fixed
+    graph takes: for a denoiser its window ``tile``, the ``margin`` and the model's ``stride``
+    (what the tiled runner needs); for a VAE the decoder's batch, latent size, output shape and
+    latent mixture (what :func:`imageae.generate` needs to sample). Supported so far: the
+    denoisers and the VAE decoders (:data:`imageae.registry.TFLITE_EXPORTERS`).
 
     Parameters
     ----------
@@ -125,12 +127,13 @@ def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=5
     directory : path
         Output folder (created).
     quantize : {"int8", "float16", "none"}
-        "int8": full-integer post-training quantisation calibrated on noisy windows
-        (float32 inputs and outputs, int8 inside); "float16": float16 weights; "none": float32.
+        "int8": full-integer post-training quantisation (float32 inputs and outputs, int8
+        inside), calibrated on noisy windows (denoisers) or on latents from the model's own
+        samplers (VAEs); "float16": float16 weights; "none": float32.
     calibration : path, optional
-        Folder of (noisy) images for int8 calibration; default the checkout's ``data/``.
-    tile : int
-        The model's fixed input window (rounded up to the model's stride).
+        Denoisers: folder of (noisy) images for int8 calibration; default the checkout's ``data/``.
+    tile : int, optional
+        Denoisers: the fixed input window (default 512, rounded up to the model's stride).
     name : str, optional
         File stem (default ``<model>-<quantize>``).
 
@@ -139,8 +142,6 @@ def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=5
     pathlib.Path
         The written .tflite file.
     """
-    import json
-
     from imageae import registry
     from imageae.runtime import with_precision
 
@@ -153,15 +154,19 @@ def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=5
     loaded = with_precision(registry.load_model(str(path), job=entry.job if entry else None), "float32")
     converter = registry.TFLITE_EXPORTERS.get(type(loaded).__name__)
     if converter is None:
-        supported = ", ".join(m.name for m in registry.MODELS.values() if m.job == "denoise")
+        supported = ", ".join(m.name for m in registry.MODELS.values()
+                              if registry._JOB_CLASSES.get(m.job) in registry.TFLITE_EXPORTERS)
+        classes = " or ".join(registry.TFLITE_EXPORTERS)
         raise ValueError(
             f"{model}: cannot export a {type(loaded).__name__} as tflite yet; --format tflite supports "
-            f"the denoisers ({supported}, or a .keras DenoiserUNet). Use --format savedmodel for this model."
+            f"{supported} (or a .keras {classes}). Use --format savedmodel for this model."
         )
     module, function = converter.split(":")
-    data, meta = getattr(importlib.import_module(module), function)(
-        loaded, quantize=quantize, calibration=calibration, tile=tile
-    )
+    options = {k: v for k, v in (("calibration", calibration), ("tile", tile)) if v is not None}
+    from imageae.pipelines.litert import quiet_native_logs
+
+    with quiet_native_logs():  # the converter's C++ log lines
+        data, meta = getattr(importlib.import_module(module), function)(loaded, quantize=quantize, **options)
     stem = name or f"{entry.name if entry else Path(path).stem}-{quantize}"
     meta["model"] = entry.name if entry else str(path)
     directory = Path(directory)
@@ -170,5 +175,20 @@ def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=5
     from imageae.data.io import write_bytes_atomic
 
     write_bytes_atomic(target, data)
-    write_bytes_atomic(target.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
+    write_bytes_atomic(target.with_suffix(".json"), (_sidecar_json(meta) + "\n").encode())
     return target
+
+
+def _sidecar_json(value, indent=""):
+    """``json.dumps(value, indent=2)``, but a list of numbers on one line (a VAE's mixture has
+    160 x 128 of them: one per line would make the sidecar most of the export's size)."""
+    import json
+
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(str(k))}: {_sidecar_json(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    if isinstance(value, list) and value and not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return "[\n" + ",\n".join(inner + _sidecar_json(v, inner) for v in value) + f"\n{indent}]"
+    return json.dumps(value)

@@ -186,8 +186,9 @@ SERVING_SIGNATURES = {
 }
 
 # The LiteRT (.tflite) converter of each model class ("module:function", called with the loaded
-# model and quantize=, calibration=, tile=; returns the flatbuffer bytes and the sidecar JSON's
-# dict). imageae.export.export_tflite imports them by this name.
+# model and quantize=, plus calibration= and tile= when given; returns the flatbuffer bytes and
+# the sidecar JSON's dict). imageae.export.export_tflite imports them by this name.
 TFLITE_EXPORTERS = {
     "DenoiserUNet": "imageae.denoise.export:_denoiser_tflite",
+    "ConvVAE": "imageae.generate.export:_vae_tflite",
 }

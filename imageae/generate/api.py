@@ -1,6 +1,8 @@
 """The generate job's public API: :func:`generate`, :func:`generate_batches`, :func:`reconstruct`
 and :func:`interpolate` with a VAE."""
 
+import os
+
 import numpy as np
 
 from imageae import registry
@@ -10,9 +12,58 @@ from imageae.data.convert import _as_array
 _default = {}
 
 
-def _vae(model, precision="auto"):
+class _LiteRTDecoder:
+    """An exported VAE decoder (``imageae export MODEL --format tflite``) in the VAE's place.
+
+    Has what :mod:`~imageae.generate.sampling` uses of a :class:`~imageae.models.vae.ConvVAE`
+    to sample: ``latent_dim``, ``image_size``, ``channels``, the mixture (from the sidecar) and
+    ``decode`` (the LiteRT interpreter). The file is reloaded if it is re-exported. It has no
+    encoder.
+    """
+
+    def __init__(self, path):
+        from imageae.pipelines.litert import LiteRTModel
+
+        self.path = str(path)
+        self.model = LiteRTModel(path, jobs=("generate",))
+
+    def _meta(self):
+        self.model.refresh()
+        return self.model.meta
+
+    latent_dim = property(lambda self: int(self._meta()["latent_dim"]))
+    image_size = property(lambda self: int(self._meta()["image_size"]))
+    channels = property(lambda self: int(self._meta()["channels"]))
+    mixture_log_weights = property(lambda self: np.asarray(self._meta()["mixture"]["log_weights"], np.float32))
+    mixture_means = property(lambda self: np.asarray(self._meta()["mixture"]["means"], np.float32))
+    mixture_log_vars = property(lambda self: np.asarray(self._meta()["mixture"]["log_vars"], np.float32))
+
+    def decode(self, z):
+        """Images (N, S, S, C) float32 on 0..1 from latents (N, latent_dim)."""
+        return self.model(z)
+
+
+def _is_tflite(model):
+    return isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".tflite")
+
+
+def _vae(model, precision="auto", *, encoder=False):
     from imageae.runtime import with_precision
 
+    if _is_tflite(model):
+        # A .tflite decoder runs at its own precision; cached by path, size and modification time
+        # (imageae.pipelines.litert.file_key), so a re-exported file is loaded again.
+        from imageae.pipelines.litert import file_key
+
+        if encoder:
+            raise ValueError(f"{model} holds only the VAE's decoder, so it can generate but not encode "
+                             "(reconstruct, interpolate): give the .keras model or its name for those")
+        key = ("vae-litert", *file_key(model))
+        if key not in _default:
+            for stale in [k for k in _default if k[:2] == key[:2]]:  # an earlier version of this file
+                del _default[stale]
+            _default[key] = _LiteRTDecoder(model)
+        return _default[key]
     # "auto" is float32 for a VAE: decoding is cheap, and float32 gives the same images as the
     # exported SavedModel and as machines without bfloat16 (bfloat16 moved pixels by up to 6
     # grey levels). A lower precision is used only when asked for by name.
@@ -48,7 +99,10 @@ def generate(n, *, model="vae-digits", seed=0, temperature=1.0, sampler="gmm", p
         Number of images. The result must fit in memory (at most 1 GiB, about 1.3 million
         28x28 digits or 87,000 64x64 faces); for more, iterate :func:`generate_batches`.
     model : str
-        A registered generate model (``imageae models``) or a .keras path.
+        A registered generate model (``imageae models``), a .keras path, or a VAE decoder exported
+        with ``imageae export MODEL --format tflite`` (a .tflite path with its .json beside it):
+        latents are drawn as for the Keras model (same seed, same latents) and decoded by the
+        LiteRT interpreter (``pip install imageae[litert]``) at the file's own precision.
     seed : int
         0 .. 2**63-1. The same seed gives the same images, and image i depends only on the
         seed and i: the first k of n images are ``generate(k)``'s.
@@ -189,7 +243,7 @@ def reconstruct(images, *, model="vae-digits"):
     from imageae.generate.sampling import decode_latents, encode_images
 
     images = list(images)
-    vae = _vae(model)
+    vae = _vae(model, encoder=True)
     if not images:
         return np.zeros((0, vae.image_size, vae.image_size, vae.channels), np.uint8)
     _warn_misfits(vae, model, images)
@@ -208,7 +262,7 @@ def interpolate(image_a, image_b, *, steps=8, model="vae-digits"):
         raise TypeError(f"steps must be an integer, got {steps!r} ({type(steps).__name__})")
     if int(steps) < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
-    vae = _vae(model)
+    vae = _vae(model, encoder=True)
     _warn_misfits(vae, model, [image_a, image_b])
     z = encode_images(vae, np.concatenate([_vae_input(vae, image_a), _vae_input(vae, image_b)]))
     return decode_latents(vae, interpolate_latents(z[0], z[1], steps))

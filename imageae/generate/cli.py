@@ -23,6 +23,9 @@ examples:
   imageae generate -n 16 -o faces/ --model vae-faces64 --seed 7 --temperature 0.8
   imageae generate -n 1000 -o out/ --sampler normal         sample the plain N(0, I) prior
   imageae generate -n 100 -o digits/ --grid --no-files      only the contact sheet
+  imageae generate -n 64 -o digits/ --model edge/vae-digits-int8.tflite
+                                                            the decoder exported by 'imageae export
+                                                            vae-digits --format tflite', run by LiteRT
 
 Samples are written as they are made (any -n runs in bounded memory) as
 sample_00000.png, sample_00001.png, ...; existing files are kept unless --overwrite. The
@@ -141,8 +144,9 @@ def register(commands, train):
     p.add_argument("-n", "--count", type=_positive_int, default=16, help="number of images (default: 16)")
     p.add_argument("-o", "--output", required=True, help="output folder for sample_NNNNN.png files (created)")
     p.add_argument("--model", default="vae-digits",
-                   help="a generate model from 'imageae models' or a .keras path (default: vae-digits, 28x28 "
-                        "grey digits; vae-faces64 for 64x64 faces)")
+                   help="a generate model from 'imageae models', a .keras path, or a VAE decoder exported with "
+                        "'imageae export MODEL --format tflite' (.tflite, run by LiteRT) (default: vae-digits, "
+                        "28x28 grey digits; vae-faces64 for 64x64 faces)")
     p.add_argument("--seed", type=_seed, default=0,
                    help="0..2**63-1; the same seed gives the same images (default: 0)")
     p.add_argument("--temperature", type=_temperature, default=1.0,
@@ -350,7 +354,7 @@ def _cmd_reconstruct(args):
     from imageae.pipelines.folder import FolderReport, ensure_output_dir, plan_outputs, progress_bar
 
     _configure_device(args.device)
-    _vae(args.model)  # an unknown or broken model is a usage error before anything is written
+    _vae(args.model, encoder=True)  # an unknown or broken model is a usage error before anything is written
     report = FolderReport()
     tasks = plan_outputs(args.inputs, args.output, suffix_for=lambda path: ".png", overwrite=args.overwrite,
                          report=report)

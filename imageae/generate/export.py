@@ -1,5 +1,8 @@
 """The VAE's and the digit classifier's TensorFlow Serving signatures (written by
-:func:`imageae.export.export_saved_model`)."""
+:func:`imageae.export.export_saved_model`), and the VAE decoder's LiteRT conversion
+(:func:`imageae.export.export_tflite`)."""
+
+import numpy as np
 
 
 def _vae_archive(model):
@@ -91,3 +94,105 @@ def _classifier_archive(model):
         input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name="images")],
     )
     return archive
+
+
+# ----------------------------------------------------------------------------- LiteRT (.tflite)
+
+# Latents per calibration batch are DECODE_BLOCK rows; half the batches come from the model's
+# latent mixture (the default 'gmm' sampler), half from the N(0, I) prior (sampler 'normal').
+_CALIBRATION_BATCHES = 16
+
+
+def _vae_tflite(model, *, quantize="int8", calibration=None, tile=None, calibration_batches=_CALIBRATION_BATCHES):
+    """Convert a ConvVAE's decoder to a .tflite on a fixed (DECODE_BLOCK, latent_dim) float32 batch.
+
+    The graph is ``model.decode``: latents in, images on 0..1 out (float32 in and out, int8
+    inside for ``quantize="int8"``). int8 is calibrated on latents drawn from the model's own
+    samplers, half from its latent mixture and half from N(0, I), with the stateless draws of
+    :func:`~imageae.generate.sampling.sample_latents`. The sidecar records what a runner needs
+    to sample as :func:`imageae.generate` does: the latent size, the batch, the output shape and
+    the mixture (log weights, means, log variances).
+
+    Returns ``(tflite bytes, metadata dict)``.
+    """
+    import shutil
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    from imageae.generate.sampling import DECODE_BLOCK, SAMPLE_BLOCK, mixture_of, sample_latents
+    from imageae.pipelines.litert import quiet_native_logs
+
+    if calibration is not None:
+        raise ValueError("--calibration applies to the denoisers; a VAE decoder is calibrated on latents drawn from "
+                         "its own samplers (its latent mixture and N(0, I)), so leave it out")
+    if tile is not None:
+        raise ValueError(f"--tile applies to the denoisers; a VAE decoder takes a fixed batch of {DECODE_BLOCK} "
+                         "latents, so leave it out")
+    batch, latent_dim = DECODE_BLOCK, int(model.latent_dim)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda z: {"images": tf.cast(model.decode(z), tf.float32)},
+        input_signature=[tf.TensorSpec([batch, latent_dim], tf.float32, name="z")],
+    )
+    folder = tempfile.mkdtemp(prefix="imageae-tflite-")
+    try:
+        with quiet_native_logs():
+            archive.write_out(folder, verbose=False)
+            converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+            if quantize == "int8":
+                half = calibration_batches // 2
+                latents = [sample_latents(model, batch, seed=1, sampler="gmm", start=i * batch) for i in range(half)]
+                latents += [sample_latents(model, batch, seed=2, sampler="normal", start=i * batch)
+                            for i in range(calibration_batches - half)]
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.representative_dataset = lambda: ([z] for z in latents)
+                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            elif quantize == "float16":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                converter.target_spec.supported_types = [tf.float16]
+            data = converter.convert()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    log_weights, means, log_vars = (np.asarray(v, np.float32) for v in mixture_of(model))
+    size, channels = int(model.image_size), int(model.channels)
+    meta = {
+        "format": "imageae-litert",
+        "job": "generate",
+        "class": type(model).__name__,
+        "graph": "decoder: z float32 (batch, latent_dim) -> images float32 (batch, size, size, channels) on 0..1",
+        "latent_dim": latent_dim,
+        "batch": batch,
+        "image_size": size,
+        "channels": channels,
+        "output_shape": [size, size, channels],
+        "quantize": quantize,
+        "input_dtype": "float32",
+        "output_dtype": "float32",
+        "samplers": {
+            "gmm": "z = means[k] + exp(0.5 * log_vars[k]) * eps * temperature, k ~ Categorical(log_weights)",
+            "normal": "z = eps * temperature",
+        },
+        # imageae draws eps and k with TensorFlow's stateless Philox generators, block b of
+        # sample_block latents from the seeds (seed, 2b) and (seed, 2b + 1), so a seed gives the
+        # Keras model's latents; elsewhere any generator of these distributions will do.
+        "sample_block": SAMPLE_BLOCK,
+        # Each float32 as its shortest decimal that reads back as the same float32.
+        "mixture": {
+            "log_weights": _decimals(log_weights),
+            "means": [_decimals(row) for row in means],
+            "log_vars": [_decimals(row) for row in log_vars],
+        },
+        "calibration": (None if quantize != "int8" else
+                        f"{calibration_batches * batch} latents: half from the model's mixture (seed 1), half from "
+                        "N(0, I) (seed 2), temperature 1"),
+    }
+    return data, meta
+
+
+def _decimals(values):
+    """float32 values as the shortest decimals that read back (as float32) to the same values."""
+    return [float(str(np.float32(v))) for v in values]
