@@ -23,6 +23,7 @@ modules with ``from imageae.denoise import api``.
 
 __version__ = "0.1.0"
 
+from imageae.anomaly.api import AnomalyDetector  # noqa: E402
 from imageae.codec.api import compress, compress_folder, decompress, decompress_folder  # noqa: E402
 from imageae.denoise.api import Denoiser, denoise, denoise_folder  # noqa: E402
 from imageae.export import export_saved_model  # noqa: E402
@@ -31,6 +32,7 @@ from imageae.generate.api import generate, generate_batches, interpolate, recons
 from imageae.registry import list_models, load_model  # noqa: E402
 
 __all__ = [
+    "AnomalyDetector",
     "Denoiser",
     "__version__",
     "compress",

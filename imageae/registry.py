@@ -93,6 +93,13 @@ MODELS = {
             "than WebP's (mean-scale hyperprior, one model for nine qualities, trained on BSDS500 train+test)",
         ),
         ModelEntry(
+            "anomaly-elpv",
+            "anomaly",
+            "grey",
+            "anomaly detector for electroluminescence images of solar cells (conv autoencoder trained on the "
+            "functional cells of ELPV, CC BY-NC-SA licence)",
+        ),
+        ModelEntry(
             "digit-classifier",
             "features",
             "grey",
@@ -151,6 +158,7 @@ def load_model(name_or_path, *, job):
 
     import imageae.layers.blocks  # noqa: F401  (registers the custom layers)
     import imageae.metrics  # noqa: F401
+    import imageae.models.autoencoder  # noqa: F401
     import imageae.models.classifier  # noqa: F401
     import imageae.models.codec  # noqa: F401
     import imageae.models.denoiser  # noqa: F401
@@ -172,7 +180,7 @@ def load_model(name_or_path, *, job):
 
 # The model class each job runs (checked by name, so this module needs no model imports).
 _JOB_CLASSES = {
-    "denoise": "DenoiserUNet", "generate": "ConvVAE", "features": "DigitClassifier", "compress": "HyperpriorCodec",
+    "denoise": "DenoiserUNet", "generate": "ConvVAE", "anomaly": "ConvAutoencoder", "features": "DigitClassifier", "compress": "HyperpriorCodec",
 }
 
 # The TensorFlow Serving signatures of each model class ("module:function", called with the

@@ -90,7 +90,7 @@ def _graph():
 def test_the_layout_has_the_jobs_and_core_it_documents():
     modules, _ = _graph()
     assert _job_packages(modules) - RUNNERS == {"imageae.denoise", "imageae.codec", "imageae.generate",
-                                                "imageae.features"}
+                                                "imageae.features", "imageae.anomaly"}
     assert RUNNERS <= _job_packages(modules)
     for gone in ("imageae.api", "imageae.train", "imageae.generation"):
         assert gone not in modules, f"{gone} should have moved into the job packages"
@@ -151,7 +151,7 @@ def test_every_job_package_is_registered_once_in_the_cli():
 
 def test_the_public_api_is_unchanged():
     assert sorted(imageae.__all__) == sorted([
-        "Denoiser", "__version__", "compress", "compress_folder", "decompress", "decompress_folder", "denoise",
+        "AnomalyDetector", "Denoiser", "__version__", "compress", "compress_folder", "decompress", "decompress_folder", "denoise",
         "denoise_folder", "embed", "export_saved_model", "generate", "generate_batches", "interpolate", "list_models",
         "load_model", "reconstruct"])
     for name in imageae.__all__:

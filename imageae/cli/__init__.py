@@ -26,6 +26,7 @@ JOBS = (
     "imageae.denoise.cli",
     "imageae.codec.cli",
     "imageae.generate.cli",
+    "imageae.anomaly.cli",
     "imageae.features.cli",
     "imageae.beam.cli",
     "imageae.cli.models",

@@ -1,0 +1,159 @@
+"""Anomaly scores from an autoencoder: the terms, their calibration on held-out normal images,
+and how they combine (see :mod:`imageae.anomaly.api` for what the scores mean)."""
+
+import numpy as np
+
+PIXEL_TERMS = ("l2", "ssim")
+TERMS = PIXEL_TERMS + ("latent",)
+DEFAULT_SCORING = "ssim+latent"
+
+
+def parse_scoring(scoring):
+    """``"ssim+latent"`` -> ("ssim", "latent"); ValueError naming the choices otherwise."""
+    terms = tuple(t.strip() for t in str(scoring).split("+") if t.strip())
+    bad = [t for t in terms if t not in TERMS]
+    if not terms or bad or len(set(terms)) != len(terms):
+        raise ValueError(f"scoring must be terms from {', '.join(TERMS)} joined by '+' (e.g. 'ssim+latent'), "
+                         f"got {scoring!r}")
+    return terms
+
+
+def to_model_input(x, size, channels):
+    """A float (H, W, C) image on 0..1 as the model's (size, size, channels) input."""
+    import cv2
+
+    x = np.asarray(x, np.float32)
+    if x.ndim == 2:
+        x = x[..., None]
+    if channels == 1 and x.shape[-1] == 3:
+        x = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    elif channels == 3 and x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    if x.shape[:2] != (size, size):
+        shrink = x.shape[0] > size or x.shape[1] > size
+        x = cv2.resize(x, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        x = x.reshape(size, size, channels)
+    return np.clip(x, 0.0, 1.0)
+
+
+def ssim_map(a, b, *, window=7, sigma=1.5):
+    """Local SSIM (Wang et al. 2004) of two float (N, S, S, C) batches on 0..1, averaged over
+    channels: (N, S, S). Gaussian window ``window`` x ``window`` of standard deviation ``sigma``."""
+    import cv2
+
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(z):
+        flat = z.transpose(1, 2, 0, 3).reshape(z.shape[1], z.shape[2], -1)  # channels of all images at once
+        out = np.empty_like(flat)
+        for k in range(0, flat.shape[-1], 128):  # OpenCV blurs at most 128 channels at once
+            out[..., k : k + 128] = cv2.GaussianBlur(np.ascontiguousarray(flat[..., k : k + 128]), (window, window),
+                                                     sigma, borderType=cv2.BORDER_REFLECT).reshape(
+                flat.shape[0], flat.shape[1], -1)
+        return out.reshape(z.shape[1], z.shape[2], z.shape[0], z.shape[3]).transpose(2, 0, 1, 3)
+
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a * mu_a
+    var_b = blur(b * b) - mu_b * mu_b
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean(axis=-1)
+
+
+def _ssim_window(size):
+    return 7 if size < 64 else 11  # 11 x 11 as in AE-SSIM for larger images; 7 for digits
+
+
+def raw_terms(model, x, *, batch_size=64, latent=None):
+    """Per image, each term's raw score, and the pixel error maps, for a float (N, S, S, C) batch.
+
+    Returns ``(terms, maps)``: ``terms[name]`` float64 (N,); ``maps[name]`` float32 (N, S, S)
+    for the pixel terms. ``latent`` is the fitted Gaussian (``mean``, ``precision``) or None.
+    """
+    recon, codes = [], []
+    for i in range(0, len(x), batch_size):
+        batch = np.ascontiguousarray(x[i : i + batch_size], np.float32)
+        code, x_hat = _forward(model, batch)
+        recon.append(x_hat)
+        codes.append(code)
+    x_hat = np.concatenate(recon) if recon else np.zeros_like(x)
+    code = np.concatenate(codes) if codes else np.zeros((0, model.code_size), np.float32)
+    maps = {
+        "l2": np.mean((x_hat - x) ** 2, axis=-1),
+        "ssim": 1.0 - ssim_map(x, x_hat, window=_ssim_window(model.image_size)),
+    }
+    terms = {name: m.reshape(len(m), -1).mean(axis=1).astype(np.float64) for name, m in maps.items()}
+    if latent is not None:
+        d = code.astype(np.float64) - np.asarray(latent["mean"])
+        terms["latent"] = np.einsum("ij,jk,ik->i", d, np.asarray(latent["precision"]), d)
+    return terms, maps, code
+
+
+def _forward(model, batch):
+    """The code and the reconstruction of a float32 batch, as numpy (one compiled function per model)."""
+    call = getattr(model, "_imageae_forward", None)
+    if call is None:
+        from imageae.runtime import import_tensorflow
+
+        tf = import_tensorflow()
+
+        @tf.function(input_signature=[tf.TensorSpec((None, model.image_size, model.image_size, model.channels),
+                                                    tf.float32)])
+        def call(x):
+            code = model.encoder(x, training=False)
+            return code, model.decoder(code, training=False)
+
+        model._imageae_forward = call
+    code, x_hat = call(batch)
+    return np.asarray(code, np.float32), np.asarray(x_hat, np.float32)
+
+
+def fit_latent_gaussian(codes, *, shrinkage=1e-3):
+    """Mean and precision of a Gaussian fitted to codes (N, D), with ``shrinkage`` times the
+    mean variance added to the diagonal so that few images still give an invertible covariance."""
+    codes = np.asarray(codes, np.float64)
+    mean = codes.mean(axis=0)
+    cov = np.cov(codes, rowvar=False) if len(codes) > 1 else np.zeros((codes.shape[1], codes.shape[1]))
+    cov = np.atleast_2d(cov)
+    cov += (shrinkage * max(float(np.trace(cov)) / len(cov), 1e-6)) * np.eye(len(cov))
+    return {"mean": mean.tolist(), "precision": np.linalg.inv(cov).tolist()}
+
+
+def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_rate=0.01, batch_size=64):
+    """The ``calibration`` dict of a trained autoencoder, from its training images (the latent
+    Gaussian) and held-out normal images (score statistics and threshold); arrays (N, S, S, C)."""
+    terms = parse_scoring(scoring)
+    if not 0.0 < false_positive_rate < 1.0:
+        raise ValueError(f"false_positive_rate must be between 0 and 1 (e.g. 0.01 for 1 %), got {false_positive_rate}")
+    latent = None
+    if "latent" in terms:
+        codes = np.concatenate([_forward(model, np.ascontiguousarray(x_train[i : i + batch_size], np.float32))[0]
+                                for i in range(0, len(x_train), batch_size)])
+        latent = fit_latent_gaussian(codes)
+    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, latent=latent)
+    stats = {name: {"mean": float(raw[name].mean()), "std": float(max(raw[name].std(), 1e-12))} for name in terms}
+    calibration = {"scoring": "+".join(terms), "terms": stats, "latent": latent,
+                   "ssim_window": _ssim_window(model.image_size)}
+    scores = combine(raw, calibration)
+    # The heat map is the squared error whatever the score: the local SSIM of flat, noisy
+    # regions (a dark background) is unstable and lit up whole backgrounds in the tests.
+    pixel = ["l2"]
+    heat = sum(maps[t] / float(max(raw[t].std(), 1e-12)) for t in pixel)
+    calibration.update(
+        false_positive_rate=float(false_positive_rate),
+        threshold=float(np.quantile(scores, 1.0 - false_positive_rate)),
+        validation_images=len(x_val),
+        validation_scores={"mean": float(scores.mean()), "std": float(scores.std()), "max": float(scores.max())},
+        # Heat maps are drawn on one scale for all images: full colour at the 99.9th percentile of
+        # the held-out normal images' pixel errors, so a normal image stays mostly uncoloured.
+        map_terms=pixel,
+        map_scale={t: float(max(raw[t].std(), 1e-12)) for t in pixel},
+        map_high=float(max(np.quantile(heat, 0.999), 1e-12)),
+    )
+    return calibration
+
+
+def combine(raw, calibration):
+    """The anomaly score: the sum of the standardised terms of ``calibration['scoring']``."""
+    return sum((raw[name] - stat["mean"]) / stat["std"] for name, stat in calibration["terms"].items())
