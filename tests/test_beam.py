@@ -130,13 +130,16 @@ def test_beam_jobs_with_two_worker_processes_write_what_the_local_jobs_write(pho
     _check_failure_report(tmp_path / "packed", photos)
 
 
-def test_beam_command_line_errors_are_one_line_with_exit_2(photos, tmp_path):
+def test_beam_command_line_errors_are_one_line_with_exit_2(photos, models, tmp_path):
     code, _, err = run_cli("beam", "denoise", photos, "-o", tmp_path / "out", "--direct_num_wrokers", "2")
     assert code == 2 and "unrecognized arguments: --direct_num_wrokers" in err and "Traceback" not in err
-    code, _, err = run_cli("beam", "compress", tmp_path / "missing", "-o", tmp_path / "out")
+    code, _, err = run_cli("beam", "compress", tmp_path / "missing", "-o", tmp_path / "out", "--model", models["codec"])
     assert code == 2 and "imageae beam: error: no such file or folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("beam", "compress", tmp_path / "empty", "-o", tmp_path / "out", "--model", models["codec"])
+    assert code == 2 and "imageae beam compress: error: found no files to work on" in err
     code, _, err = run_cli("beam")
     assert code == 2 and "a JOB is required, one of: denoise, compress, decompress" in err
     code, out, _ = run_cli("beam", "denoise", "--help")
     assert code == 0 and "--direct_num_workers 2 --direct_running_mode multi_processing" in out
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not any(p.suffix == ".iae" for p in tmp_path.rglob("*"))

@@ -197,14 +197,14 @@ def _transform(transforms, args):
 
 
 def _counters(result):
-    """The job's counters (written, skipped, pixels, ...) summed over steps; {} where the
-    runner does not report them."""
+    """The job's counters (written, skipped, pixels, ...) summed over steps (none counted: {});
+    None where the runner does not report metrics."""
     try:
         from apache_beam.metrics.metric import MetricsFilter
 
         found = result.metrics().query(MetricsFilter().with_namespace("imageae"))["counters"]
     except Exception:  # noqa: BLE001  a runner without metrics: the summary says less, the files are the same
-        return {}
+        return None
     totals = {}
     for counter in found:
         value = counter.committed if counter.committed is not None else counter.attempted
@@ -242,9 +242,11 @@ def run_job(transform, options):
 
 def summary(verb, counters, failures, report, seconds, runner, *, most=20):
     """The lines the command prints: counts, the failed files (the first ``most``) and the report."""
+    known = counters is not None
+    counters = counters or {}
     written, skipped, pixels = (counters.get(k, 0) for k in ("written", "skipped", "pixels"))
     speed = f" ({pixels / 1e6 / seconds:.3g} Mpixel/s end to end, pipeline start included)" if pixels else ""
-    counts = (f"{verb} {written} file(s), skipped {skipped} existing, " if counters else f"{verb}: ")
+    counts = (f"{verb} {written} file(s), skipped {skipped} existing, " if known else f"{verb}: ")
     lines = [f"{counts}failed {len(failures)} in {seconds:.1f} s on {runner}{speed}"]
     lines += [f"  FAILED {f['path']} ({f['stage']}): {f['reason']}" for f in failures[:most]]
     if len(failures) > most:
@@ -266,9 +268,11 @@ def _cmd_beam(args):
         ensure_output_dir(args.output)
     transform = _transform(transforms, args)
     counters, failures, report, seconds = run_job(transform, options)
-    if counters and not any(counters.get(k) for k in ("planned", "written", "skipped")) and not failures:
+    if counters is not None and not counters.get("planned") and not failures:
+        ignored = counters.get("ignored")
         print(f"imageae beam {args.family}: error: found no files to work on in {', '.join(args.inputs)} "
-              "(files are matched by extension, in any case)", file=sys.stderr)
+              "(files are matched by extension, in any case"
+              + (f"; {ignored} below the output folder were left out" if ignored else "") + ")", file=sys.stderr)
         return EXIT_USAGE
     lines = summary(_JOBS[args.family], counters, failures, report, seconds, args.runner)
     print("\n".join(lines), file=sys.stderr if failures else sys.stdout)
