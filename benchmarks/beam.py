@@ -163,6 +163,7 @@ def main(argv=None):
     lines += [f"| {r['job']} | {r['run']} | {r['seconds']} | {r['images_per_s']} | {r['ratio_to_local']:.2f}x | "
               f"{r['job_seconds']} | {r['job_ratio_to_local']:.2f}x | {r['cpu_seconds']} | "
               f"{r['cpu_ratio_to_local']:.2f}x | {r['same_as_local'] or '(baseline)'} |" for r in rows]
+    lines += ["", "Two worker processes each import TensorFlow and Beam and load the model (here about 10 s of CPU each, on top of the same work), on the same 2 shared cores: on one small machine they are slower than one process; they pay where the runner puts workers on separate machines (Dataflow, Flink, Spark)."]
     lines += ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
     (args.out / "beam.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
