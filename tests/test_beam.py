@@ -130,6 +130,92 @@ def test_beam_jobs_with_two_worker_processes_write_what_the_local_jobs_write(pho
     _check_failure_report(tmp_path / "packed", photos)
 
 
+class _FakeBucket:
+    """Where the ``fakebucket://`` object store keeps its objects (a local folder); set by the test."""
+
+    root = None
+
+
+def _fake_bucket_filesystem():
+    """An object store for Beam (``fakebucket://KEY``: no folders, listing by prefix, rename as
+    copy) kept in a local folder: the paths a gs:// or s3:// job takes, without a network. Beam
+    finds a filesystem among FileSystem's subclasses by its scheme."""
+    import os
+
+    from apache_beam.io.filesystem import FileMetadata
+    from apache_beam.io.localfilesystem import LocalFileSystem
+
+    prefix = "fakebucket://"
+
+    class FakeBucketFileSystem(LocalFileSystem):
+        @classmethod
+        def scheme(cls):
+            return "fakebucket"
+
+        def _local(self, path):
+            return os.path.join(_FakeBucket.root, path[len(prefix):])
+
+        def join(self, base, *paths):
+            return "/".join([base.rstrip("/")] + [p.strip("/") for p in paths])
+
+        def split(self, path):
+            return tuple(path.rstrip("/").rsplit("/", 1))
+
+        def has_dirs(self):
+            return False
+
+        def mkdirs(self, path):
+            pass
+
+        def _list(self, key_prefix):
+            for folder, _, names in os.walk(_FakeBucket.root):
+                for name in names:
+                    local = os.path.join(folder, name)
+                    key = prefix + os.path.relpath(local, _FakeBucket.root).replace(os.sep, "/")
+                    if key.startswith(key_prefix):
+                        yield FileMetadata(key, os.path.getsize(local), os.path.getmtime(local))
+
+        def create(self, path, *args, **kwargs):
+            os.makedirs(os.path.dirname(self._local(path)), exist_ok=True)
+            return super().create(self._local(path), *args, **kwargs)
+
+        def open(self, path, *args, **kwargs):
+            return super().open(self._local(path), *args, **kwargs)
+
+        def rename(self, sources, destinations):
+            super().rename([self._local(p) for p in sources], [self._local(p) for p in destinations])
+
+        def exists(self, path):
+            return os.path.isfile(self._local(path))  # objects only: a prefix is not a file
+
+        def metadata(self, path):
+            local = self._local(path)
+            return FileMetadata(path, os.path.getsize(local), os.path.getmtime(local))
+
+        def delete(self, paths):
+            super().delete([self._local(p) for p in paths])
+
+    return FakeBucketFileSystem
+
+
+def test_beam_compress_on_an_object_store_writes_the_local_bytes(photos, models, local, tmp_path):
+    import shutil
+
+    filesystem = _fake_bucket_filesystem()  # noqa: F841  registered with Beam by being defined
+    _FakeBucket.root = str(tmp_path / "store")
+    shutil.copytree(photos, tmp_path / "store" / "bucket" / "photos")
+    code, _, err = run_cli("beam", "compress", "fakebucket://bucket/photos", "-o", "fakebucket://bucket/packed",
+                           "--model", models["codec"])
+    assert code == 1, err
+    packed = tmp_path / "store" / "bucket" / "packed"
+    _check_compressed_like_local(local / "packed", packed)
+    [record] = _report(packed)
+    assert record == {"path": "fakebucket://bucket/photos/sub/broken.png", "stage": "read",
+                      "reason": record["reason"]} and "cannot decode image" in record["reason"]
+    assert "failure report: fakebucket://bucket/packed/beam-failures.jsonl" in err
+    assert not [p for p in packed.rglob("*") if p.name.endswith(".part")]  # written by temporary name + rename
+
+
 def test_beam_command_line_errors_are_one_line_with_exit_2(photos, models, tmp_path):
     code, _, err = run_cli("beam", "denoise", photos, "-o", tmp_path / "out", "--direct_num_wrokers", "2")
     assert code == 2 and "unrecognized arguments: --direct_num_wrokers" in err and "Traceback" not in err

@@ -97,7 +97,8 @@ def plan_inputs(inputs):
         if _is_dir(given):
             root = _normal(given)
             glob = _join(root, "**")
-            if _is_local(given) or FileSystems.match([glob])[0].metadata_list:
+            # one object is enough to know the prefix exists (a bucket may hold millions)
+            if _is_local(given) or FileSystems.match([glob], limits=[1])[0].metadata_list:
                 patterns.append((glob, root))
                 continue
         elif FileSystems.exists(given):
