@@ -71,7 +71,12 @@ def main(argv=None):
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="only rewrite litert.md (in --out) from a litert.json this script wrote")
     args = parser.parse_args(argv)
+    if args.render:
+        write_results(args.out, json.loads(args.render.read_text()))
+        return
 
     from imageae.runtime import import_tensorflow
 
@@ -163,28 +168,37 @@ def main(argv=None):
 
     vae_rows = [row for name in args.vaes for row in vae_benchmark(name, args, tf, workdir)]
 
-    args.out.mkdir(parents=True, exist_ok=True)
     info = {"commit": git_commit(), "machine": platform.processor() or platform.machine(),
-            "load_average_at_end": [round(v, 1) for v in os.getloadavg()],
+            "load_average_at_end": [round(v, 1) for v in os.getloadavg()], "repeats": args.repeats,
             "python": sys.version.split()[0], "tensorflow": tf.__version__, "argv": sys.argv[1:]}
-    (args.out / "litert.json").write_text(json.dumps({"info": info, "rows": rows, "vae_rows": vae_rows}, indent=2)
-                                          + "\n")
+    write_results(args.out, {"info": info, "rows": rows, "vae_rows": vae_rows})
+
+
+def write_results(out, result):
+    """litert.json and litert.md in ``out`` from ``{"info", "rows", "vae_rows"}``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "litert.json").write_text(json.dumps(result, indent=2) + "\n")
+    info, rows, vae_rows = result["info"], result["rows"], result["vae_rows"]
+    load = info.get("load_average_note") or f"load average {info['load_average_at_end'][0]} at the end of this run"
     lines = [
         "# int8 LiteRT against Keras (benchmarks/litert.py)",
         "",
-        (f"Commit {info['commit']}, TensorFlow {info['tensorflow']}, {platform.machine()}, "
-         f"command `python benchmarks/litert.py {' '.join(sys.argv[1:])}`."),
+        (f"Commit {info['commit']}, TensorFlow {info['tensorflow']}, {info['machine']}, "
+         f"command `python benchmarks/litert.py {' '.join(info['argv'])}`. The machine's 2 cores were shared"
+         f" with other work ({load}), so latencies are indicative: compare rows of one run only."),
+        "",
+        "## Denoisers",
+        "",
         ("Latency: one 512x512 image end to end, 2 threads (TF intra-op 2 / inter-op 1, LiteRT"
-         f" num_threads=2), median of {args.repeats} after a warm-up; Keras and tflite through the tiled"
-         " runners (tflite: one 512x512 window), the SavedModel through its `denoise` signature."
-         f" PSNR: sigma {SIGMA}, noise seed [sigma, i], input not clipped, output clipped and rounded"
-         " (benchmarks/denoise.py's protocol). The machine's 2 cores were shared with other work (load"
-         f" average {info['load_average_at_end'][0]} at the end of this run), so latencies are indicative."),
+         f" num_threads=2), median of {info['repeats']} after a warm-up; Keras and tflite through the tiled"
+         " runners (tflite: one 512x512 window), the SavedModel through its `denoise` signature (PSNR too, on"
+         f" each whole image). PSNR: sigma {SIGMA}, noise seed [sigma, i], input not clipped, output clipped and"
+         " rounded (benchmarks/denoise.py's protocol)."),
         "",
         "| model | variant | file | size vs .keras | ms per 512x512 | PSNR (dB) | vs Keras float32 |",
         "|---|---|---|---|---|---|---|",
     ] if rows else ["", "No denoisers in this run (--models)."]
-    for name in args.models:
+    for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         ref = mine[0]
         for r in mine:
@@ -201,8 +215,10 @@ def main(argv=None):
             + (" incl. int8 calibration on 24 noisy windows of data/)" if "int8" in r["variant"] else ")")
             for r in tfl) + "."]
     if vae_rows:
-        lines += vae_table(vae_rows, args)
-    (args.out / "litert.md").write_text("\n".join(lines) + "\n")
+        lines += vae_table(vae_rows, info["repeats"])
+    if info.get("notes"):  # added by hand to a litert.json before --render: checks made beside the run
+        lines += ["", "## Notes", "", *("- " + n for n in info["notes"])]
+    (out / "litert.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -311,22 +327,22 @@ def vae_benchmark(name, args, tf, workdir):
     return rows
 
 
-def vae_table(rows, args):
+def vae_table(rows, repeats):
     lines = [
         "",
         "## VAE decoders",
         "",
         ("Latency: one decoder batch of 64 latents to uint8 images (DECODE_BLOCK, the batch every path decodes),"
-         f" 2 threads, median of {args.repeats} after a warm-up. File: the .tflite plus its .json (the latent"
+         f" 2 threads, median of {repeats} after a warm-up. File: the .tflite plus its .json (the latent"
          " mixture the sampler needs), the .keras file, or the SavedModel folder. Quality: images from"
          " `imageae.generate(n, model=..., seed=0)` (mixture sampler, temperature 1); 'change' is how far they"
          " move from the Keras model's images for the same latents. The .keras file holds the encoder too; the"
-         " Keras time is the API's path (eager model call on 64 rows). The 2 cores were shared with other work,"
-         " so latencies are indicative."),
+         " Keras time is the API's path (eager model call on 64 rows)."),
         "",
         "| model | variant | file | size vs .keras | ms per batch of 64 | FID | vs Keras | change vs Keras |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    notes = []
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
         ref = mine[0]
@@ -339,13 +355,11 @@ def vae_table(rows, args):
                 + ("identical" if r["psnr_vs_keras"] is None else f"{r['psnr_vs_keras']:.1f} dB"))
             lines.append(f"| {name} | {r['variant']} | {r['bytes'] / 1e6:.2f} MB | {r['bytes'] / ref['bytes']:.2f} "
                          f"| {r['latency_s_batch64'] * 1e3:.0f} | {fid} | {drop} | {change} |")
-        lines.append("")
-        lines.append(f"{name}: FID {ref['fid_note']}. tflite export "
+        notes.append(f"{name}: FID {ref['fid_note']}. tflite export "
                      + ", ".join(f"{r['variant'].split()[1]} {r['export_seconds']:.0f} s (sidecar "
                                  f"{r['sidecar_bytes'] / 1e3:.0f} kB)" for r in mine if "export_seconds" in r)
                      + "; int8 calibrated on 1024 latents, half from the model's mixture, half from N(0, I).")
-        lines.append("")
-    return lines
+    return [*lines, "", *("- " + n for n in notes)]
 
 
 if __name__ == "__main__":
