@@ -116,6 +116,7 @@ def test_scoring_names_are_checked():
     from imageae.anomaly.scoring import parse_scoring
 
     assert parse_scoring("ssim+latent") == ("ssim", "latent")
+    assert parse_scoring("l2max + latent") == ("l2max", "latent")
     for bad in ("", "mse", "l2+l2"):
         with pytest.raises(ValueError, match="scoring must be"):
             parse_scoring(bad)

@@ -3,7 +3,7 @@ and how they combine (see :mod:`imageae.anomaly.api` for what the scores mean)."
 
 import numpy as np
 
-PIXEL_TERMS = ("l2", "ssim")
+PIXEL_TERMS = ("l2", "ssim", "l2max")
 TERMS = PIXEL_TERMS + ("latent",)
 DEFAULT_SCORING = "ssim+latent"
 
@@ -36,21 +36,28 @@ def to_model_input(x, size, channels):
     return np.clip(x, 0.0, 1.0)
 
 
+def gaussian_blur(z, *, window=0, sigma=1.5):
+    """Gaussian blur of each channel of each image of a float (N, S, S, C) batch (``window`` 0:
+    from ``sigma``), mirrored at the edges."""
+    import cv2
+
+    z = np.asarray(z, np.float32)
+    flat = z.transpose(1, 2, 0, 3).reshape(z.shape[1], z.shape[2], -1)  # channels of all images at once
+    out = np.empty_like(flat)
+    for k in range(0, flat.shape[-1], 128):  # OpenCV blurs at most 128 channels at once
+        out[..., k : k + 128] = cv2.GaussianBlur(np.ascontiguousarray(flat[..., k : k + 128]), (window, window),
+                                                 sigma, borderType=cv2.BORDER_REFLECT).reshape(
+            flat.shape[0], flat.shape[1], -1)
+    return out.reshape(z.shape[1], z.shape[2], z.shape[0], z.shape[3]).transpose(2, 0, 1, 3)
+
+
 def ssim_map(a, b, *, window=7, sigma=1.5):
     """Local SSIM (Wang et al. 2004) of two float (N, S, S, C) batches on 0..1, averaged over
     channels: (N, S, S). Gaussian window ``window`` x ``window`` of standard deviation ``sigma``."""
-    import cv2
-
     c1, c2 = 0.01**2, 0.03**2
 
     def blur(z):
-        flat = z.transpose(1, 2, 0, 3).reshape(z.shape[1], z.shape[2], -1)  # channels of all images at once
-        out = np.empty_like(flat)
-        for k in range(0, flat.shape[-1], 128):  # OpenCV blurs at most 128 channels at once
-            out[..., k : k + 128] = cv2.GaussianBlur(np.ascontiguousarray(flat[..., k : k + 128]), (window, window),
-                                                     sigma, borderType=cv2.BORDER_REFLECT).reshape(
-                flat.shape[0], flat.shape[1], -1)
-        return out.reshape(z.shape[1], z.shape[2], z.shape[0], z.shape[3]).transpose(2, 0, 1, 3)
+        return gaussian_blur(z, window=window, sigma=sigma)
 
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
     mu_a, mu_b = blur(a), blur(b)
@@ -84,6 +91,10 @@ def raw_terms(model, x, *, batch_size=64, latent=None):
         "ssim": 1.0 - ssim_map(x, x_hat, window=_ssim_window(model.image_size)),
     }
     terms = {name: m.reshape(len(m), -1).mean(axis=1).astype(np.float64) for name, m in maps.items()}
+    # l2max: the largest local mean of the squared error (Gaussian, sigma = side / 32: 2 pixels
+    # at 64), for defects that are small against the image, whose mean error they barely move.
+    local = gaussian_blur(maps["l2"][..., None], sigma=model.image_size / 32.0)[..., 0]
+    terms["l2max"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
     if latent is not None:
         d = code.astype(np.float64) - np.asarray(latent["mean"])
         terms["latent"] = np.einsum("ij,jk,ik->i", d, np.asarray(latent["precision"]), d)
