@@ -72,11 +72,13 @@ def _ssim_window(size):
     return 7 if size < 64 else 11  # 11 x 11 as in AE-SSIM for larger images; 7 for digits
 
 
-def raw_terms(model, x, *, batch_size=64, latent=None):
+def raw_terms(model, x, *, batch_size=64, latent=None, terms=TERMS):
     """Per image, each term's raw score, and the pixel error maps, for a float (N, S, S, C) batch.
 
-    Returns ``(terms, maps)``: ``terms[name]`` float64 (N,); ``maps[name]`` float32 (N, S, S)
-    for the pixel terms. ``latent`` is the fitted Gaussian (``mean``, ``precision``) or None.
+    Returns ``(terms, maps, codes)``: ``terms[name]`` float64 (N,); ``maps[name]`` float32
+    (N, S, S) for the pixel terms; the codes (N, code_size). ``latent`` is the fitted Gaussian
+    (``mean``, ``precision``) or None. Only the ``terms`` asked for (and "l2", which the heat
+    maps use) are computed: the SSIM map is the costliest part of scoring.
     """
     recon, codes = [], []
     for i in range(0, len(x), batch_size):
@@ -86,16 +88,17 @@ def raw_terms(model, x, *, batch_size=64, latent=None):
         codes.append(code)
     x_hat = np.concatenate(recon) if recon else np.zeros_like(x)
     code = np.concatenate(codes) if codes else np.zeros((0, model.code_size), np.float32)
-    maps = {
-        "l2": np.mean((x_hat - x) ** 2, axis=-1),
-        "ssim": 1.0 - ssim_map(x, x_hat, window=_ssim_window(model.image_size)),
-    }
+    wanted = set(terms)
+    maps = {"l2": np.mean((x_hat - x) ** 2, axis=-1)}
+    if "ssim" in wanted:
+        maps["ssim"] = 1.0 - ssim_map(x, x_hat, window=_ssim_window(model.image_size))
     terms = {name: m.reshape(len(m), -1).mean(axis=1).astype(np.float64) for name, m in maps.items()}
-    # l2max: the largest local mean of the squared error (Gaussian, sigma = side / 32: 2 pixels
-    # at 64), for defects that are small against the image, whose mean error they barely move.
-    local = gaussian_blur(maps["l2"][..., None], sigma=model.image_size / 32.0)[..., 0]
-    terms["l2max"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
-    if latent is not None:
+    if "l2max" in wanted:
+        # The largest local mean of the squared error (Gaussian, sigma = side / 32: 2 pixels at
+        # 64), for defects that are small against the image, whose mean error they barely move.
+        local = gaussian_blur(maps["l2"][..., None], sigma=model.image_size / 32.0)[..., 0]
+        terms["l2max"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+    if latent is not None and "latent" in wanted:
         d = code.astype(np.float64) - np.asarray(latent["mean"])
         terms["latent"] = np.einsum("ij,jk,ik->i", d, np.asarray(latent["precision"]), d)
     return terms, maps, code
@@ -142,7 +145,7 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
         codes = np.concatenate([_forward(model, np.ascontiguousarray(x_train[i : i + batch_size], np.float32))[0]
                                 for i in range(0, len(x_train), batch_size)])
         latent = fit_latent_gaussian(codes)
-    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, latent=latent)
+    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, latent=latent, terms=terms)
     stats = {name: {"mean": float(raw[name].mean()), "std": float(max(raw[name].std(), 1e-12))} for name in terms}
     calibration = {"scoring": "+".join(terms), "terms": stats, "latent": latent,
                    "ssim_window": _ssim_window(model.image_size)}
