@@ -226,9 +226,9 @@ def score_folder(inputs, output_dir, *, model, batch_size=64, heatmaps=True, ove
     rows = []
     pending = []
 
-    def write_heatmap(target, picture):
+    def write_heatmap(target, image, heat):  # on the writer's threads, beside the next batch's scoring
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_image(target, DecodedImage(picture, None, 8, "PNG"), fmt="PNG")
+        write_image(target, DecodedImage(overlay(image, heat), None, 8, "PNG"), fmt="PNG")
 
     def flush(writer):
         scores, maps = detector.score([x for _, x in pending])
@@ -236,7 +236,7 @@ def score_folder(inputs, output_dir, *, model, batch_size=64, heatmaps=True, ove
             rows.append({"path": str(task.source), "score": float(s), "anomalous": bool(s > detector.threshold)})
             report.pixels += x.shape[0] * x.shape[1]
             if heatmaps:
-                writer.submit(task, write_heatmap, overlay(x, heat))
+                writer.submit(task, write_heatmap, x, heat)
             else:
                 report.written.append(str(task.source))
         pending.clear()
