@@ -71,7 +71,8 @@ MODELS = {
             "denoise-colour",
             "denoise",
             "colour",
-            "blind Gaussian denoiser for RGB images (residual U-Net, trained on BSDS500 train+test)",
+            "RGB photos: real camera noise and Gaussian noise, --strength auto or set (residual U-Net "
+            "with a noise-level input, trained on a camera-noise model and Gaussian noise, BSDS500 train+test)",
         ),
         ModelEntry(
             "vae-digits",

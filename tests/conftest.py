@@ -16,14 +16,15 @@ from PIL import Image
 TINY_FILTERS = (8, 16, 32)
 
 
-def build_tiny_denoiser(channels, seed=0):
-    """An untrained :class:`DenoiserUNet` with reproducible random float32 weights."""
+def build_tiny_denoiser(channels, seed=0, noise_level=False):
+    """An untrained :class:`DenoiserUNet` with reproducible random float32 weights (with a
+    noise-level input and estimator when ``noise_level``)."""
     import keras
 
     from imageae.models.denoiser import build_denoiser
 
     keras.utils.set_random_seed(seed)
-    return build_denoiser(channels, filters=TINY_FILTERS)
+    return build_denoiser(channels, filters=TINY_FILTERS, noise_level=noise_level)
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +41,8 @@ def tiny_colour_model():
 def random_weight_models_dir(tmp_path_factory):
     """A models folder holding RANDOM-WEIGHT STAND-INS for the shipped models.
 
-    ``denoise-grey.keras`` and ``denoise-colour.keras`` here are untrained tiny U-Nets: they
-    do not denoise; ``codec-v4.keras`` is an untrained tiny two-quality codec. They exist only
+    ``denoise-grey.keras`` and ``denoise-colour.keras`` (with a noise-level input, as the
+    shipped one) here are untrained tiny U-Nets: they do not denoise; ``codec-v4.keras`` is an untrained tiny two-quality codec. They exist only
     so that the registry, API, folder pipeline and CLI can be tested without the real weights.
     Quality tests belong with the shipped models.
     """
@@ -52,8 +53,8 @@ def random_weight_models_dir(tmp_path_factory):
     from imageae.models.codec import build_codec
 
     folder = tmp_path_factory.mktemp("random_weight_models")
-    for name, channels, seed in (("denoise-grey", 1, 11), ("denoise-colour", 3, 12)):
-        build_tiny_denoiser(channels, seed=seed).save(folder / f"{name}.keras")
+    build_tiny_denoiser(1, seed=11).save(folder / "denoise-grey.keras")
+    build_tiny_denoiser(3, seed=12, noise_level=True).save(folder / "denoise-colour.keras")
     keras.utils.set_random_seed(13)  # an untrained two-quality codec under the shipped codec's name
     build_codec(num_filters=8, num_latent=12, lambdas=(0.004, 0.04)).save(folder / "codec-v4.keras")
     (folder / "codec-v4.json").write_text(json.dumps({"name": "codec-v4", "rate_distortion": {"qualities": 2}}))

@@ -111,6 +111,20 @@ def test_denoiser_export_matches_python_api(random_weight_models, tmp_path):
     np.testing.assert_allclose(np.clip(np.asarray(out["float"])[0], 0, 1), expected, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_a_denoiser_with_a_level_input_exports_a_strength_endpoint(random_weight_models, tmp_path):
+    import tensorflow as tf
+
+    target = export_saved_model("denoise-colour", tmp_path)
+    loaded = tf.saved_model.load(str(target))
+    assert {"serving_default", "denoise", "denoise_at_strength"} <= set(loaded.signatures)
+    x = np.random.default_rng(1).random((1, 20, 28, 3)).astype(np.float32)
+    for strength in (3.0, 30.0):
+        served = loaded.signatures["denoise_at_strength"](images=tf.constant(x), strength=tf.constant([strength]))
+        expected = imageae.denoise(x[0], precision="float32", strength=strength)
+        np.testing.assert_allclose(np.clip(served["denoised"].numpy()[0], 0, 1), expected, atol=1e-5)
+
+
 def test_export_refuses_bad_version_and_unknown_model(tmp_path):
     with pytest.raises(ValueError, match="version"):
         export_saved_model("denoise-grey", tmp_path, version=0)

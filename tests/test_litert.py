@@ -304,3 +304,18 @@ def test_a_reexported_vae_tflite_is_loaded_again(vae_exports, tmp_path):
     after = imageae.generate(20, model=str(live), seed=1)
     assert np.array_equal(after, imageae.generate(20, model=str(other), seed=1))
     assert not np.array_equal(after, before)
+
+
+def test_a_denoiser_with_a_level_input_exports_with_its_estimator(tmp_path):
+    """The shipped colour model takes a noise level; as .tflite it estimates the level itself
+    in the graph (per window), so it runs through the same runner and stays close to Keras."""
+    import imageae
+
+    keras_path = tmp_path / "level.keras"
+    build_tiny_denoiser(3, seed=23, noise_level=True).save(keras_path)
+    path = export_tflite(keras_path, tmp_path, quantize="none", tile=TILE)
+    x = _noisy((TILE - 16, TILE - 24, 3), seed=9)
+    out = imageae.denoise(x, model=str(path))
+    expected = imageae.denoise(x, model=str(keras_path), precision="float32")
+    assert out.shape == x.shape
+    assert np.abs(out - expected).mean() < 0.02

@@ -16,6 +16,45 @@ def _pick_model(model, channels):
     return model
 
 
+def check_strength(strength):
+    """``strength`` as the denoiser takes it: "auto" or a noise level on the 0..255 scale."""
+    if isinstance(strength, str) and strength.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise ValueError(f"strength must be 'auto' or a noise level on the 0..255 scale (e.g. 5 for faint "
+                         f"camera noise, 25 for heavy noise), got {strength!r}") from None
+    if not 0.0 <= value <= 255.0 or value != value:
+        raise ValueError(f"strength must be between 0 and 255 (a noise level on the 0..255 scale), got {strength!r}")
+    return value
+
+
+#: Side of the crops the level is estimated on, and at most how many of them, for "auto".
+_ESTIMATE_CROP, _ESTIMATE_CROPS = 256, 16
+
+
+def estimate_noise_level(model, x):
+    """The noise level (0..1 scale) ``model``'s estimator finds in the (H, W, C) image ``x``:
+    the median over up to 16 crops of 256 px on a regular grid (the whole image when smaller),
+    so a large image costs the same as a small one; kept within [0.5, 255] / 255."""
+    import tensorflow as tf
+
+    h, w = x.shape[:2]
+    side = _ESTIMATE_CROP
+    if h <= side or w <= side:
+        crops = x[None]
+    else:
+        per_side = int(np.ceil(np.sqrt(_ESTIMATE_CROPS)))
+        tops = np.unique(np.linspace(0, h - side, per_side).astype(int))
+        lefts = np.unique(np.linspace(0, w - side, per_side).astype(int))
+        crops = np.stack([x[t : t + side, l : l + side] for t in tops for l in lefts])
+    if not hasattr(model, "_imageae_estimate"):
+        model._imageae_estimate = tf.function(lambda z: model.estimate_log_level(z), reduce_retracing=True)
+    logs = np.asarray(model._imageae_estimate(np.ascontiguousarray(crops, np.float32)))
+    return float(np.clip(np.exp(np.median(logs)), model.MIN_LEVEL, 1.0))
+
+
 class Denoiser:
     """Loaded denoising models plus the tiled runner, reused across calls.
 
@@ -34,11 +73,18 @@ class Denoiser:
     self_ensemble : bool
         Denoise each image in its 8 flips and rotations and average the results, turned back:
         about 8 times the work for a little more PSNR (see the README's table).
+    strength : "auto" or float
+        For a model that takes a noise level (``denoise-colour``, the default for colour
+        images): the level to remove, as a standard deviation on the 0..255 scale (higher
+        removes more, and more detail with it), or "auto" to estimate it per image. A blind
+        model (``denoise-grey``) estimates nothing and takes only "auto".
     """
 
-    def __init__(self, model="auto", *, precision="auto", tile=1024, batch_size=4, self_ensemble=False):
+    def __init__(self, model="auto", *, precision="auto", tile=1024, batch_size=4, self_ensemble=False,
+                 strength="auto"):
         check_int("tile", tile, minimum=1)
         check_int("batch_size", batch_size, minimum=1)
+        self.strength = check_strength(strength)
         self.model = model
         self.precision = precision
         self.tile = tile
@@ -54,16 +100,34 @@ class Denoiser:
         if name not in self._runners and str(name).lower().endswith(".tflite"):
             from imageae.pipelines.litert import LiteRTRunner
 
+            if self.strength != "auto":
+                raise ValueError(f"{name} is a LiteRT file: it takes no strength (it estimates the level itself "
+                                 f"if its model takes one). Use strength 'auto' or the .keras model")
             runner = LiteRTRunner(name, batch_size=self.batch_size)  # precision: the file's own
             if runner.job != "denoise":
                 raise ValueError(f"{name} is a {runner.job} model, not a denoise model")
             self._runners[name] = runner
         if name not in self._runners:
             loaded = registry.load_model(name, job="denoise")
+            if self.strength != "auto" and not getattr(loaded, "noise_level", False):
+                raise ValueError(f"{name} is a blind denoiser: it takes no strength. Use --strength auto, or a "
+                                 f"model that takes a noise level (denoise-colour for colour images)")
             self._runners[name] = TiledRunner(
                 with_precision(loaded, self.precision), tile=self.tile, batch_size=self.batch_size
             )
         return self._runners[name]
+
+    def _with_level(self, runner, x):
+        """The noise level (0..1 scale) to give ``runner``'s model for image ``x``, or None for a
+        model that takes none."""
+        if not getattr(getattr(runner, "model", None), "noise_level", False):
+            return None
+        if self.strength != "auto":
+            return self.strength / 255.0
+        planes = x if x.shape[-1] == runner.channels else np.repeat(x[..., :1], runner.channels, axis=-1)
+        if runner.channels == 1 and x.shape[-1] != 1:
+            planes = x.mean(axis=-1, keepdims=True)
+        return estimate_noise_level(runner.model, planes)
 
     def run(self, items):
         """Denoise ``(key, float (H, W, C) image)`` pairs; yields ``(key, result)``.
@@ -76,8 +140,9 @@ class Denoiser:
 
         def transformed():
             for key, x in items:
+                level = self._with_level(self.runner(x.shape[-1]), x)  # one level for all 8
                 for k in range(8):
-                    yield (key, k), np.ascontiguousarray(_dihedral(x, k))
+                    yield (key, k), np.ascontiguousarray(_dihedral(x, k)), level
 
         sums, counts = {}, {}
         for (key, k), y in self._run(transformed()):
@@ -90,13 +155,14 @@ class Denoiser:
 
     def _run(self, items):
         group, group_runner = [], None
-        for key, x in items:
+        for key, x, *level in items:
             runner = self.runner(x.shape[-1])
             if group_runner is not None and runner is not group_runner:
                 yield from group_runner.run(group)
                 group = []
             group_runner = runner
-            group.append((key, x))
+            level = level[0] if level else self._with_level(runner, x)
+            group.append((key, x) if level is None else (key, x, level))
             if len(group) >= 2 * self.batch_size:
                 yield from runner.run(group)
                 group = []
@@ -118,7 +184,7 @@ def _undo_dihedral(y, k):
 _default = {}
 
 
-def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4, self_ensemble=False):
+def denoise(image, *, model="auto", strength="auto", precision="auto", tile=1024, batch_size=4, self_ensemble=False):
     """Remove noise from one image.
 
     Parameters
@@ -149,6 +215,11 @@ def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4, s
     model : str
         "auto" (grey or colour model by the image's channels), a registered name
         (``imageae models``), a path to a .keras file or to an exported .tflite file.
+    strength : "auto" or float
+        How much noise to remove, for a model that takes a noise level (``denoise-colour``,
+        the colour default): "auto" estimates it per image; a number is the noise's standard
+        deviation on the 0..255 scale (about 2-8 for camera photos, 15-50 for heavy noise).
+        Raise it to smooth more, lower it to keep more texture. Blind models take only "auto".
     self_ensemble : bool
         Average the results over the image's 8 flips and rotations (8x the time, a little
         more PSNR).
@@ -169,10 +240,11 @@ def denoise(image, *, model="auto", precision="auto", tile=1024, batch_size=4, s
     True
     """
     x, restore = _as_array(image)
-    key = (model, precision, tile, batch_size, self_ensemble)
+    strength = check_strength(strength)
+    key = (model, strength, precision, tile, batch_size, self_ensemble)
     if key not in _default:
         _default[key] = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size,
-                                 self_ensemble=self_ensemble)
+                                 self_ensemble=self_ensemble, strength=strength)
     [(_, y)] = list(_default[key].run([(0, x)]))
     return restore(y)
 
@@ -199,6 +271,7 @@ def denoise_folder(
     batch_size=4,
     progress=None,
     self_ensemble=False,
+    strength="auto",
 ):
     """Denoise every image in ``inputs`` (files and folders) into the folder ``output``.
 
@@ -216,7 +289,8 @@ def denoise_folder(
     if ext is not None:
         output_format(None, ext)  # validates the extension up front
     check_int("quality", quality, minimum=1, maximum=100)
-    denoiser = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size, self_ensemble=self_ensemble)
+    denoiser = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size, self_ensemble=self_ensemble,
+                        strength=strength)
     report = FolderReport()
     tasks = plan_outputs(inputs, output, suffix_for=_suffix_for(ext), overwrite=overwrite, report=report)
     ensure_output_dir(output)

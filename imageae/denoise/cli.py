@@ -20,6 +20,13 @@ examples:
   imageae denoise scan.tif photo.jpg -o clean/  single files
   imageae denoise photos/ -o clean/ --ext png   write PNG whatever the input format
   imageae denoise photos/ -o clean/ --model denoise-grey   force a model (grey runs per channel)
+  imageae denoise photos/ -o clean/ --strength 8   remove more than the estimate (auto) would
+  imageae denoise film/ -o clean/ --strength 3     remove less: keep film grain and fine texture
+
+Colour images go to denoise-colour, trained on real camera noise (sensor noise through a
+camera pipeline, JPEG) and Gaussian noise; it estimates the noise level of each image
+(--strength auto) or takes yours: a standard deviation on the 0..255 scale, about 2-8 for
+camera photos and 15-50 for heavy noise. Grey images go to the blind denoise-grey.
 
 Outputs keep each input's size, grey/colour mode, alpha channel and bit depth (16-bit PNG and
 TIFF stay 16-bit), in the input's format unless --ext says otherwise. Existing outputs are
@@ -34,6 +41,9 @@ examples:
       -o saved_models/denoise-grey.keras --checkpoint-dir ~/ckpt/grey
   imageae train denoiser --data my_photos/ --channels 3 --init denoise-colour --steps 2000 \\
       -o my-denoiser.keras        (fine-tune the shipped colour model on your own images)
+  imageae train denoiser --data ../shared/datasets/photos/BSDS500/train ../shared/datasets/photos/BSDS500/test \\
+      --channels 3 --noise camera --init denoise-colour -o my-photo-denoiser.keras
+                                  (real camera noise, a model that takes --strength)
 
 Patches are cut at random from the training images with random flips and rotations; white
 Gaussian noise with sigma drawn uniformly from [--sigma-min, --sigma-max] (0..255 scale) is
@@ -62,6 +72,10 @@ def register(commands, train):
     p.add_argument("--model", default="auto",
                    help="auto (grey model for grey images, colour model for colour), a name from "
                         "'imageae models', or a .keras path (default: auto)")
+    p.add_argument("--strength", default="auto",
+                   help="noise level to remove, 0..255 scale (about 2-8 for camera photos, 15-50 for heavy noise), "
+                        "or auto: estimated per image. Only for models that take a level, such as the colour "
+                        "default denoise-colour (default: auto)")
     p.add_argument("--ext", help="output format by extension: png, jpg, webp, tif, bmp (default: keep the input's)")
     p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality when writing those (default: 95)")
     group = p.add_mutually_exclusive_group()
@@ -97,6 +111,12 @@ def register(commands, train):
                    help="peak Adam learning rate, cosine decay (default: 4e-4; 1e-3 diverged)")
     t.add_argument("--sigma-min", type=float, default=0.0, help="smallest training noise sigma, 0..255 scale (default: 0)")
     t.add_argument("--sigma-max", type=float, default=55.0, help="largest training noise sigma (default: 55)")
+    t.add_argument("--noise", choices=["gaussian", "camera"], default="gaussian",
+                   help="gaussian: a blind model on white Gaussian noise; camera: a model that takes a noise "
+                        "level (denoise --strength), trained on camera noise (Poisson-Gaussian on a Bayer mosaic, "
+                        "demosaicing, correlated noise, JPEG) mixed with Gaussian noise; colour only (default: gaussian)")
+    t.add_argument("--gaussian-probability", type=float, default=0.35,
+                   help="with --noise camera, the share of patches given white Gaussian noise instead (default: 0.35)")
     t.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up steps (default: 200)")
     t.add_argument("--min-learning-rate", type=float, default=1e-6,
                    help="where the cosine decay ends (default: 1e-6)")
@@ -113,7 +133,7 @@ def _cmd_denoise(args):
     progress = _progress(args)
     report = denoise_folder(
         args.inputs, args.output, model=args.model, ext=args.ext, quality=args.quality,
-        overwrite=args.overwrite, precision=args.precision,
+        overwrite=args.overwrite, precision=args.precision, strength=args.strength,
         tile=args.tile, batch_size=args.batch_size, progress=progress, self_ensemble=args.self_ensemble,
     )
     print(report.summary("denoised"), file=sys.stderr if report.failed else sys.stdout)
@@ -132,7 +152,8 @@ def _cmd_train_denoiser(args):
         data=args.data, output=args.output, channels=args.channels, init=args.init or "", filters=filters,
         blocks_per_level=args.blocks_per_level, steps=args.steps, steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size, patch_size=args.patch_size, learning_rate=args.learning_rate,
-        sigma_min=args.sigma_min, sigma_max=args.sigma_max, patience_epochs=args.patience,
+        sigma_min=args.sigma_min, sigma_max=args.sigma_max, noise=args.noise,
+        gaussian_probability=args.gaussian_probability, patience_epochs=args.patience,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed, precision=args.precision,
         warmup_steps=args.warmup_steps, min_learning_rate=args.min_learning_rate, workers=args.workers,
         max_seconds=60.0 * args.max_minutes,

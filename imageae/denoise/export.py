@@ -30,6 +30,19 @@ def _denoiser_archive(model):
         lambda images: {"denoised": run_float(images)},
         input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name="images")],
     )
+    if getattr(model, "noise_level", False):  # "denoise" estimates the level; this one takes it
+
+        def run_at(x, strength):
+            h, w = tf.shape(x)[1], tf.shape(x)[2]
+            padded = tf.pad(x, [[0, 0], [0, (-h) % stride], [0, (-w) % stride], [0, 0]], mode="SYMMETRIC")
+            return model((padded, strength / 255.0), training=False)[:, :h, :w, :]
+
+        archive.add_endpoint(
+            "denoise_at_strength",
+            lambda images, strength: {"denoised": run_at(images, strength)},
+            input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32, name="images"),
+                             tf.TensorSpec([None], tf.float32, name="strength")],
+        )
     return archive
 
 

@@ -48,6 +48,11 @@ class DenoiserTrainConfig:
     warmup_steps: int = 200
     sigma_min: float = 0.0
     sigma_max: float = 55.0
+    # "gaussian": a blind model trained on white Gaussian noise; "camera": a model that takes a
+    # noise level (--strength), trained on imageae/denoise/degrade.py's camera noise and, with
+    # probability gaussian_probability, white Gaussian noise up to sigma_max.
+    noise: str = "gaussian"
+    gaussian_probability: float = 0.35
     validation_fraction: float = 0.05
     validation_sigmas: tuple = (15.0, 25.0, 50.0)
     patience_epochs: int = 10
@@ -84,6 +89,45 @@ def _make_patch_dataset(images, config, validation, *, stride=8):
     return RandomCrops(images, config, channels=config.channels, augment=random_dihedral, paired=True)
 
 
+class DegradedCrops(RandomCrops):
+    """Random crops through :func:`imageae.denoise.degrade.degrade`: ``((noisy, level), clean)``."""
+
+    def __init__(self, images, config):
+        super().__init__(images, config, channels=config.channels, augment=random_dihedral, paired=False)
+
+    def __getitem__(self, index):
+        from imageae.denoise.degrade import degrade
+
+        (clean,) = super().__getitem__(index)
+        rng = np.random.default_rng([self.config.seed, self.epoch, index, 1])
+        noisy, levels = np.empty_like(clean), np.empty(len(clean), np.float32)
+        for k, patch in enumerate(clean):
+            noisy[k], levels[k] = degrade(patch, rng, gaussian_probability=self.config.gaussian_probability,
+                                          sigma_max=self.config.sigma_max)
+        return (noisy, levels), clean
+
+
+def _camera_validation(images, config, stride):
+    """Fixed validation pairs for the "camera" recipe: each held-out image's centre crop at
+    each validation sigma (Gaussian, level = sigma) and twice with camera noise."""
+    from imageae.denoise.degrade import camera_noise, jpeg
+
+    noisy, clean = _make_patch_dataset(images, config, validation=True, stride=stride)
+    levels = [s / 255.0 for _ in images for s in config.validation_sigmas]
+    rng = np.random.default_rng(54321)
+    extra_noisy, extra_clean = [], []
+    for crop in clean[:: len(config.validation_sigmas)]:
+        for quality in (None, 90):
+            z = camera_noise(crop, rng)
+            z = z if quality is None else jpeg(z, quality)
+            extra_noisy.append(z)
+            extra_clean.append(crop)
+            levels.append(float(np.std(z - crop)))
+    noisy = np.concatenate([noisy, np.stack(extra_noisy)])
+    clean = np.concatenate([clean, np.stack(extra_clean)])
+    return (noisy, np.asarray(levels, np.float32)), clean
+
+
 @_restoring_dtype_policy
 def train_denoiser(config, *, progress=True):
     """Train a denoiser as ``config`` says; write the .keras model, a model card and logs.
@@ -91,10 +135,20 @@ def train_denoiser(config, *, progress=True):
     Returns the path of the written model.
     """
 
-    from imageae.models.denoiser import NoiseTrainingWrapper, build_denoiser
+    from imageae.models.denoiser import (
+        NoiseLevelTrainingWrapper,
+        NoiseTrainingWrapper,
+        build_denoiser,
+        with_noise_level_input,
+    )
     from imageae.runtime import set_precision
 
     _check_run_settings(config, "steps", "steps_per_epoch", "batch_size", "patch_size")
+    camera = config.noise == "camera"
+    if config.noise not in ("gaussian", "camera"):
+        raise ValueError(f"--noise must be 'gaussian' or 'camera', got {config.noise!r}")
+    if camera and config.channels != 3:
+        raise ValueError("--noise camera trains colour models only: pass --channels 3")
     policy = set_precision(config.precision)
     keras.utils.set_random_seed(config.seed)
     output = _check_output(config.output)
@@ -115,9 +169,17 @@ def train_denoiser(config, *, progress=True):
             if denoiser.channels != config.channels:
                 raise ValueError(f"--init model has {denoiser.channels} channels, --channels is {config.channels}")
         else:
-            denoiser = build_denoiser(config.channels, config.filters, config.blocks_per_level)
-        model = NoiseTrainingWrapper(denoiser, config.sigma_min, config.sigma_max, seed=config.seed)
-        model.build((None, None, None, config.channels))
+            denoiser = build_denoiser(config.channels, config.filters, config.blocks_per_level, noise_level=camera)
+        if camera and not denoiser.noise_level:  # start from a blind model's weights
+            denoiser = with_precision(with_noise_level_input(denoiser), policy)
+        elif not camera and denoiser.noise_level:
+            raise ValueError("--init model takes a noise level; train it on with --noise camera")
+        if camera:
+            model = NoiseLevelTrainingWrapper(denoiser)
+            model.build(((None, None, None, config.channels), (None,)))
+        else:
+            model = NoiseTrainingWrapper(denoiser, config.sigma_min, config.sigma_max, seed=config.seed)
+            model.build((None, None, None, config.channels))
         model.compile(
             optimizer=keras.optimizers.Adam(_cosine_schedule(config), clipnorm=1.0),
             loss="mse",
@@ -132,8 +194,12 @@ def train_denoiser(config, *, progress=True):
     train_order, val_order = _split_for_validation(len(images), config.validation_fraction, config.seed)
     val_images = [images[i] for i in val_order]
     train_images = [images[i] for i in train_order]
-    train_data = _make_patch_dataset(train_images, config, validation=False)
-    val_data = _make_patch_dataset(val_images, config, validation=True, stride=stride)
+    if camera:
+        train_data = DegradedCrops(train_images, config)
+        val_data = _camera_validation(val_images, config, stride)
+    else:
+        train_data = _make_patch_dataset(train_images, config, validation=False)
+        val_data = _make_patch_dataset(val_images, config, validation=True, stride=stride)
     train_data.epoch = initial_epoch
 
     run = _fit(model, train_data, config=config, checkpoint_dir=checkpoint_dir, resuming=resuming,
@@ -141,7 +207,15 @@ def train_denoiser(config, *, progress=True):
                monitor="val_psnr_metric", mode="max", output=output, progress=progress,
                validation_data=val_data, validation_batch_size=8)
     model = _best_float32(model, checkpoint_dir, part=lambda wrapper: wrapper.denoiser)
+    if camera:
+        calibrate_level_estimator(model, val_images, config.validation_sigmas)
     metrics = _denoiser_validation_metrics(model, *val_data, config.validation_sigmas)
+    noise = f"additive white Gaussian, sigma uniform in [{config.sigma_min}, {config.sigma_max}] (0..255)"
+    if camera:
+        noise = (f"camera noise (imageae/denoise/degrade.py: unprocessing, Poisson-Gaussian on a Bayer mosaic, "
+                 f"bilinear demosaicing, correlated noise, JPEG 60-95 with probability 0.7) and, with probability "
+                 f"{config.gaussian_probability}, additive white Gaussian with sigma uniform in [0, {config.sigma_max}]; "
+                 f"the model is given the noise level")
     _ship(model, output, checkpoint_dir, job="denoise", curve_metric=None, card={
         "training": {
             "data": [str(d) for d in config.data],
@@ -154,7 +228,7 @@ def train_denoiser(config, *, progress=True):
             "kept_epoch": run["kept"],
             "batch_size": config.batch_size,
             "patch_size": config.patch_size,
-            "noise": f"additive white Gaussian, sigma uniform in [{config.sigma_min}, {config.sigma_max}] (0..255)",
+            "noise": noise,
             "precision_policy": policy,
             "wall_time_seconds": round(run["wall"] + run["previous_wall"], 1),
             "config": _plain(dataclasses.asdict(config)),
@@ -169,18 +243,72 @@ def train_denoiser(config, *, progress=True):
     return _finish(output, run)
 
 
+def calibrate_level_estimator(model, images, sigmas, *, seed=7):
+    """Set ``model.level_calibration`` so that "auto" is unbiased on whole images.
+
+    The estimator learns on small patches; on whole images (the median over 256-pixel crops that
+    :func:`imageae.denoise.api.estimate_noise_level` takes) it reads low. The factor is the median
+    ratio of true to estimated level over ``images`` (the held-out validation images, never a
+    benchmark set) with seeded Gaussian noise at ``sigmas`` and with three camera degradations each.
+    Returns the factor.
+    """
+    from imageae.denoise.api import estimate_noise_level
+    from imageae.denoise.degrade import degrade
+
+    model.level_calibration = 1.0
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for image in images:
+        x = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        for sigma in sigmas:
+            noisy = x + rng.standard_normal(x.shape, dtype=np.float32) * np.float32(sigma / 255.0)
+            ratios.append(sigma / 255.0 / estimate_noise_level(model, noisy))
+        for _ in range(3):
+            noisy, level = degrade(x, rng, gaussian_probability=0.0)
+            ratios.append(level / estimate_noise_level(model, noisy))
+    model.level_calibration = float(np.median(ratios))
+    if hasattr(model, "_imageae_estimate"):
+        del model._imageae_estimate  # traced with the old factor
+    return model.level_calibration
+
+
 def _denoiser_validation_metrics(denoiser, noisy, clean, sigmas):
     """Per validation sigma, the mean PSNR (dB, float, output clipped to 0..1 as the training
-    metric does) of the denoised and of the noisy validation crops; keys are the sigmas."""
-    out = np.concatenate([np.asarray(denoiser(noisy[i : i + 8])) for i in range(0, len(noisy), 8)])
+    metric does) of the denoised and of the noisy validation crops; keys are the sigmas.
+
+    ``noisy`` is an array for a blind model, ``(noisy, levels)`` for one that takes a noise level
+    (the Gaussian crops first, then the camera-noise ones): its crops are scored with the true
+    level and with the level it estimates itself ("auto"), and the camera crops on their own.
+    """
+    def run(x, levels=None):
+        return np.concatenate([np.asarray(denoiser(x[i : i + 8] if levels is None else (x[i : i + 8], levels[i : i + 8])))
+                               for i in range(0, len(x), 8)])
 
     def psnr(x, reference):
         mse = np.mean((np.clip(x, 0.0, 1.0) - reference) ** 2, axis=(1, 2, 3))
         return round(float(np.mean(-10.0 * np.log10(np.maximum(mse, 1e-10)))), 3)
 
+    levels = None
+    if isinstance(noisy, tuple):
+        noisy, levels = noisy
+    out = run(noisy, levels)
+    gaussian = len(clean) if levels is None else len(clean) - 2 * (len(clean) // (len(sigmas) + 2))
     denoised, inputs = {}, {}
     for k, sigma in enumerate(sigmas):
-        index = slice(k, None, len(sigmas))  # the crops are stored image by image, each at every sigma
+        index = slice(k, gaussian, len(sigmas))  # the crops are stored image by image, each at every sigma
         denoised[f"{sigma:g}"] = psnr(out[index], clean[index])
         inputs[f"{sigma:g}"] = psnr(noisy[index], clean[index])
-    return {"validation_psnr_db_by_sigma": denoised, "validation_noisy_psnr_db_by_sigma": inputs}
+    metrics = {"validation_psnr_db_by_sigma": denoised, "validation_noisy_psnr_db_by_sigma": inputs}
+    if levels is not None:
+        auto = run(noisy)
+        camera = slice(gaussian, None)
+        metrics["validation_psnr_db_by_sigma_auto_level"] = {
+            f"{sigma:g}": psnr(auto[slice(k, gaussian, len(sigmas))], clean[slice(k, gaussian, len(sigmas))])
+            for k, sigma in enumerate(sigmas)}
+        metrics["validation_camera_noise_psnr_db"] = {
+            "noisy": psnr(noisy[camera], clean[camera]), "true_level": psnr(out[camera], clean[camera]),
+            "auto_level": psnr(auto[camera], clean[camera])}
+        estimate = np.concatenate([np.asarray(denoiser.estimate_level(noisy[i : i + 8])) for i in range(0, len(noisy), 8)])
+        metrics["validation_level_estimate_error"] = {
+            "median_abs_log_ratio": round(float(np.median(np.abs(np.log(estimate / np.maximum(levels, 0.5 / 255))))), 3)}
+    return metrics

@@ -8,9 +8,16 @@ noise and subtracts it from its input (residual learning, DnCNN, Zhang et al. 20
 
 Input and output are float images on the 0..1 scale, (batch, height, width, channels), with
 height and width multiples of :attr:`DenoiserUNet.stride`; the pipelines pad and crop.
+
+With ``noise_level=True`` the model is conditioned on a noise level, as FFDNet (Zhang et al.
+2018) and DRUNet take a noise map: the level (the noise's standard deviation on the 0..1
+scale) enters as one more input plane, so a user can turn the strength up or down. A small
+estimator (a CNN whose per-position log-levels are averaged over the image, as the noise
+estimation subnetwork of CBDNet, Guo et al. 2019) gives the level when none is passed.
 """
 
 import keras
+import numpy as np
 
 from imageae.layers.blocks import ResidualBlock
 
@@ -30,12 +37,31 @@ class DenoiserUNet(keras.Model):
         Residual blocks on each side of each level (and in the bottleneck).
     """
 
-    def __init__(self, channels=1, filters=(48, 96, 192), blocks_per_level=1, **kwargs):
+    #: Lowest level the model is given (0..1 scale): half a grey level; also the floor of the
+    #: estimator's training target, so log-levels stay finite on clean inputs.
+    MIN_LEVEL = 0.5 / 255.0
+
+    def __init__(self, channels=1, filters=(48, 96, 192), blocks_per_level=1, noise_level=False,
+                 level_calibration=1.0, **kwargs):
         super().__init__(**kwargs)
+        # Multiplies the estimator's level: set by the recipe after training, as the median ratio
+        # of true to estimated level on the held-out validation images at full size.
+        self.level_calibration = float(level_calibration)
         self.channels = int(channels)
         self.filters = tuple(int(f) for f in filters)
         self.blocks_per_level = int(blocks_per_level)
+        self.noise_level = bool(noise_level)
         levels = len(self.filters)
+        if self.noise_level:
+            # The level estimator: full-resolution 3x3 convolutions, then two stride-2 ones, a
+            # log-level per position (float32: it is a likelihood-like output), averaged.
+            self.estimator = [
+                keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="estimator_conv0"),
+                keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="estimator_conv1"),
+                keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="estimator_conv2"),
+                keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="estimator_conv3"),
+                keras.layers.Conv2D(1, 3, padding="same", name="estimator_out", dtype="float32"),
+            ]
         self.head = keras.layers.Conv2D(self.filters[0], 2, strides=2, name="head")
         self.encoder_blocks = []
         self.downs = []
@@ -65,7 +91,11 @@ class DenoiserUNet(keras.Model):
         def shape(channels):
             return (None, None, None, channels)
 
-        self.head.build(tuple(input_shape))
+        input_shape = tuple(input_shape[0] if isinstance(input_shape[0], (tuple, list)) else input_shape)
+        self.head.build(input_shape[:-1] + (self.channels + int(self.noise_level),))
+        if self.noise_level:
+            for i, layer in enumerate(self.estimator):
+                layer.build(shape(self.channels if i == 0 else 32))
         for i, (blocks, down) in enumerate(zip(self.encoder_blocks, self.downs)):
             for block in blocks:
                 block.build(shape(self.filters[i]))
@@ -97,12 +127,33 @@ class DenoiserUNet(keras.Model):
         return radius
 
     def call(self, x):
+        """Denoise ``x``, or ``(x, level)`` for a model with ``noise_level``: ``level`` (batch,)
+        or (batch, 1) on the 0..1 scale; without it the model estimates it per input."""
+        x, level = (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, None)
         x = keras.ops.cast(x, "float32")
-        return x - keras.ops.cast(self.predict_noise(x), "float32")
+        return x - keras.ops.cast(self.predict_noise(x, level), "float32")
 
-    def predict_noise(self, x):
+    def estimate_log_level(self, x):
+        """Per input, the log of the estimated noise level (0..1 scale), shape (batch,)."""
+        h = x
+        for layer in self.estimator:
+            h = layer(h)
+        return keras.ops.mean(keras.ops.cast(h, "float32"), axis=(1, 2, 3)) + float(np.log(self.level_calibration))
+
+    def estimate_level(self, x):
+        """Per input, the estimated noise level on the 0..1 scale, shape (batch,)."""
+        return keras.ops.maximum(keras.ops.exp(self.estimate_log_level(x)), self.MIN_LEVEL)
+
+    def predict_noise(self, x, level=None):
         """The noise the model finds in ``x`` (``call`` returns ``x`` minus this). Exported alone
-        for int8 LiteRT, so that the subtraction stays in float outside the quantised graph."""
+        for int8 LiteRT, so that the subtraction stays in float outside the quantised graph.
+        ``level`` is used only by a model with ``noise_level`` (None: estimated)."""
+        if self.noise_level:
+            if level is None:
+                level = self.estimate_level(x)
+            level = keras.ops.reshape(keras.ops.cast(level, x.dtype), (-1, 1, 1, 1))
+            plane = keras.ops.ones_like(x[..., :1]) * level
+            x = keras.ops.concatenate([x, plane], axis=-1)
         h = self.head(x)
         skips = []
         for blocks, down in zip(self.encoder_blocks, self.downs):
@@ -118,16 +169,43 @@ class DenoiserUNet(keras.Model):
                 h = block(h)
         return self.tail(h)
 
+    def _flat_blind_layers(self):
+        """The layers a blind model has, in a fixed order (for copying weights across)."""
+        layers = [self.head]
+        for blocks, down in zip(self.encoder_blocks, self.downs):
+            layers += blocks + [down]
+        layers += self.bottleneck
+        for up, blocks in zip(self.ups, self.decoder_blocks):
+            layers += [up] + blocks
+        return layers + [self.tail]
+
     def get_config(self):
         config = super().get_config()
-        config.update(channels=self.channels, filters=list(self.filters), blocks_per_level=self.blocks_per_level)
+        config.update(channels=self.channels, filters=list(self.filters), blocks_per_level=self.blocks_per_level,
+                      noise_level=self.noise_level, level_calibration=self.level_calibration)
         return config
 
 
-def build_denoiser(channels=1, filters=(48, 96, 192), blocks_per_level=1, name=None):
+def build_denoiser(channels=1, filters=(48, 96, 192), blocks_per_level=1, name=None, noise_level=False):
     """Build a :class:`DenoiserUNet` with its weights created."""
-    model = DenoiserUNet(channels=channels, filters=filters, blocks_per_level=blocks_per_level, name=name)
+    model = DenoiserUNet(channels=channels, filters=filters, blocks_per_level=blocks_per_level, name=name,
+                         noise_level=noise_level)
     model.build((None, None, None, channels))
+    return model
+
+
+def with_noise_level_input(blind):
+    """A :class:`DenoiserUNet` with ``noise_level`` that starts as ``blind`` does: every weight
+    copied, the head's kernel for the new level plane zero (so the output is unchanged until
+    training teaches the model to use it), the estimator freshly initialised."""
+    model = build_denoiser(blind.channels, blind.filters, blind.blocks_per_level, noise_level=True)
+    for layer, source in zip(model._flat_blind_layers(), blind._flat_blind_layers()):
+        if layer is model.head:
+            kernel, bias = source.get_weights()
+            extra = np.zeros(kernel.shape[:2] + (1,) + kernel.shape[3:], kernel.dtype)
+            layer.set_weights([np.concatenate([kernel, extra], axis=2), bias])
+        else:
+            layer.set_weights(source.get_weights())
     return model
 
 
@@ -173,4 +251,42 @@ class NoiseTrainingWrapper(keras.Model):
             denoiser=keras.saving.serialize_keras_object(self.denoiser),
             sigma_min=self.sigma_min, sigma_max=self.sigma_max, seed=self.seed,
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="imageae")
+class NoiseLevelTrainingWrapper(keras.Model):
+    """Trains a :class:`DenoiserUNet` with ``noise_level`` on ``((noisy, level), clean)`` batches.
+
+    The denoiser is given the true level; its estimator learns to predict that level's log from
+    the noisy input alone, by a squared error added to the compiled loss with weight
+    ``estimator_weight``. The two share no weights, so neither loss moves the other's part.
+    """
+
+    def __init__(self, denoiser, estimator_weight=1e-3, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(denoiser, dict):
+            denoiser = keras.saving.deserialize_keras_object(denoiser)
+        self.denoiser = denoiser
+        self.estimator_weight = float(estimator_weight)
+
+    def build(self, input_shape):
+        if not self.denoiser.built:
+            self.denoiser.build(input_shape[0])
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return self.denoiser((inputs[0], inputs[1]))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        noisy, level = x
+        target = keras.ops.log(keras.ops.maximum(keras.ops.cast(level, "float32"), DenoiserUNet.MIN_LEVEL))
+        error = self.denoiser.estimate_log_level(keras.ops.cast(noisy, "float32")) - keras.ops.reshape(target, (-1,))
+        return loss + self.estimator_weight * keras.ops.mean(keras.ops.square(error))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(denoiser=keras.saving.serialize_keras_object(self.denoiser),
+                      estimator_weight=self.estimator_weight)
         return config

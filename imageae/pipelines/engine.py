@@ -23,6 +23,7 @@ class _Job:
     width: int
     todo: int
     fold: object  # how to turn planes back into an (H, W, C) image
+    level: object = None  # the noise level for a model that takes one (None: the model's own)
 
 
 def _prepare_layout(x, model_channels):
@@ -60,13 +61,20 @@ class TiledRunner:
         self.batch_size = max(1, int(batch_size))
         self.channels = int(model.channels)
         self._call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._call_level = tf.function(lambda x, level: model((x, level), training=False), reduce_retracing=True)
 
-    def predict(self, batch):
-        """Run the model on a float32 (N, H, W, C) batch whose sides are stride multiples."""
-        return np.asarray(self._call(np.ascontiguousarray(batch, np.float32)), np.float32)
+    def predict(self, batch, levels=None):
+        """Run the model on a float32 (N, H, W, C) batch whose sides are stride multiples;
+        ``levels`` (N,) are the noise levels for a model that takes one."""
+        batch = np.ascontiguousarray(batch, np.float32)
+        if levels is None:
+            return np.asarray(self._call(batch), np.float32)
+        return np.asarray(self._call_level(batch, np.asarray(levels, np.float32)), np.float32)
 
     def run(self, items, *, max_pending=None):
         """Process ``(key, image)`` pairs, image float (H, W, C); yield ``(key, result)``.
+        An item may also be ``(key, image, level)``: the noise level (0..1 scale) given to a
+        model that takes one.
 
         Results come as soon as each image is complete, not necessarily in input order.
         At most ``max_pending`` images (default: twice the batch size) wait for a batch to
@@ -75,7 +83,7 @@ class TiledRunner:
         max_pending = max_pending or 2 * self.batch_size
         buckets = {}  # window shape -> list of (job, plane, window box, core box)
         jobs = 0
-        for key, x in items:
+        for key, x, *level in items:
             x = np.asarray(x, np.float32)
             planes, fold = _prepare_layout(x, self.channels)
             if len(planes) == 1:  # no copy when the image is already a multiple of the stride
@@ -84,7 +92,8 @@ class TiledRunner:
                 padded = np.stack([pad_to_multiple(p, self.stride) for p in planes])
             hp, wp = padded.shape[1:3]
             tiles = plan_tiles(hp, wp, window=self.tile, margin=self.margin)
-            job = _Job(key, padded, np.empty_like(padded), x.shape[0], x.shape[1], len(tiles) * len(padded), fold)
+            job = _Job(key, padded, np.empty_like(padded), x.shape[0], x.shape[1], len(tiles) * len(padded), fold,
+                       level[0] if level else None)
             jobs += 1
             for plane in range(len(padded)):
                 for box, core in tiles:
@@ -102,7 +111,8 @@ class TiledRunner:
 
     def _flush(self, entries):
         batch = np.stack([job.planes[p, y0:y1, x0:x1] for job, p, (y0, y1, x0, x1), _ in entries])
-        result = self.predict(batch)
+        levels = [job.level for job, *_ in entries]
+        result = self.predict(batch) if levels[0] is None else self.predict(batch, levels)
         for (job, p, (y0, _, x0, _), (cy0, cy1, cx0, cx1)), y in zip(entries, result):
             job.out[p, cy0:cy1, cx0:cx1] = y[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
             job.todo -= 1

@@ -1,0 +1,260 @@
+"""Real camera noise: the degradation model, the noise-level input and the user's strength."""
+
+import numpy as np
+import pytest
+
+from imageae.denoise.degrade import camera_noise, degrade, jpeg, linear_to_srgb, srgb_to_linear
+from imageae.models.denoiser import DenoiserUNet, build_denoiser, with_noise_level_input
+
+
+def _photo(size=64, seed=0):
+    """A smooth colour test image (gradients and a disc), 0..1."""
+    yy, xx = np.mgrid[:size, :size] / size
+    disc = ((yy - 0.5) ** 2 + (xx - 0.5) ** 2 < 0.08).astype(np.float32)
+    return np.stack([0.2 + 0.6 * xx, 0.3 + 0.4 * yy, 0.25 + 0.5 * disc], -1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------- degradation
+
+
+def test_srgb_curve_round_trips():
+    x = np.linspace(0, 1, 101, dtype=np.float32)
+    assert np.allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-5)
+
+
+def test_camera_noise_is_signal_dependent_and_spatially_correlated():
+    rng = np.random.default_rng(0)
+    dark, bright = np.full((96, 96, 3), 0.1, np.float32), np.full((96, 96, 3), 0.8, np.float32)
+    seeds = np.random.default_rng(1).integers(1 << 30, size=40)
+    # Same noise parameters for the dark and the bright patch: the bright one gets more
+    # (Poisson) noise in linear light, so its sRGB-scale noise differs from the dark one's.
+    dark_std = np.mean([np.std(camera_noise(dark, np.random.default_rng(s)) - dark) for s in seeds])
+    bright_std = np.mean([np.std(camera_noise(bright, np.random.default_rng(s)) - bright) for s in seeds])
+    assert abs(np.log(bright_std / dark_std)) > 0.1
+    # Demosaicing correlates neighbours: white noise would have a lag-1 correlation near 0.
+    flat = np.full((128, 128, 3), 0.5, np.float32)
+    n = camera_noise(flat, rng) - flat
+    g = n[..., 1] - n[..., 1].mean()
+    corr = np.sum(g[:, 1:] * g[:, :-1]) / np.sum(g * g)
+    assert corr > 0.3
+
+
+def test_degrade_returns_the_level_of_what_it_added():
+    clean = _photo(96)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        noisy, level = degrade(clean, rng)
+        assert noisy.shape == clean.shape and noisy.dtype == np.float32
+        assert 0 <= level < 1
+        assert np.std(noisy - clean) == pytest.approx(level, rel=0.25, abs=2 / 255)
+    # Gaussian only: sigma itself, unclipped input as the benchmarks use it
+    noisy, level = degrade(clean, np.random.default_rng(4), gaussian_probability=1.0, sigma_max=50)
+    assert np.std(noisy - clean) == pytest.approx(level, rel=0.1)
+    assert noisy.min() < 0 or noisy.max() > 1 or level < 0.05
+
+
+def test_degrade_refuses_grey_patches():
+    with pytest.raises(ValueError, match="RGB"):
+        degrade(np.zeros((8, 8, 1), np.float32), np.random.default_rng(0))
+
+
+def test_jpeg_changes_the_image_and_keeps_its_shape():
+    x = _photo(64) + np.random.default_rng(0).normal(0, 0.05, (64, 64, 3)).astype(np.float32)
+    y = jpeg(x, 60)
+    assert y.shape == x.shape and 0 < np.abs(y - np.clip(x, 0, 1)).mean() < 0.1
+
+
+# ------------------------------------------------------------------------------- the level input
+
+
+def _blind():
+    return build_denoiser(3, (8, 16), 1)
+
+
+def test_a_blind_model_given_a_level_input_starts_out_unchanged():
+    blind = _blind()
+    x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+    model = with_noise_level_input(blind)
+    assert model.noise_level and not blind.noise_level
+    expected = np.asarray(blind(x))
+    for level in (0.0, 0.02, 0.3):
+        assert np.allclose(np.asarray(model((x, np.full(2, level, np.float32)))), expected, atol=1e-6)
+
+
+def test_the_level_changes_the_output_once_the_model_uses_it():
+    model = with_noise_level_input(_blind())
+    kernel, bias = model.head.get_weights()
+    kernel[:, :, -1] = 1.0  # as if trained to use the level plane
+    model.head.set_weights([kernel, bias])
+    x = np.random.default_rng(0).random((1, 32, 32, 3)).astype(np.float32)
+    low, high = (np.asarray(model((x, np.array([v], np.float32)))) for v in (0.01, 0.2))
+    assert np.abs(low - high).mean() > 1e-4
+
+
+def test_a_model_with_a_level_input_saves_and_loads(tmp_path):
+    import keras
+
+    model = with_noise_level_input(_blind())
+    x = np.random.default_rng(0).random((1, 32, 32, 3)).astype(np.float32)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, DenoiserUNet) and loaded.noise_level
+    assert np.allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-6)
+    assert np.asarray(loaded.estimate_level(x)).shape == (1,)
+
+
+# ------------------------------------------------------------------------------------ strength
+
+
+@pytest.fixture
+def level_model(tmp_path):
+    """A small model that uses its level plane (a hand-set head weight), saved as .keras."""
+    model = with_noise_level_input(_blind())
+    kernel, bias = model.head.get_weights()
+    kernel[:, :, -1] = 2.0
+    model.head.set_weights([kernel, bias])
+    path = tmp_path / "level.keras"
+    model.save(path)
+    return str(path)
+
+
+def test_strength_is_checked_with_a_clear_error():
+    from imageae.denoise.api import Denoiser
+
+    for bad in ("strong", -1, 300, float("nan"), None):
+        with pytest.raises(ValueError, match="strength"):
+            Denoiser(strength=bad)
+    assert Denoiser(strength="AUTO").strength == "auto" and Denoiser(strength="7.5").strength == 7.5
+
+
+def test_a_number_strength_on_a_blind_model_says_which_model_takes_one(tmp_path):
+    import imageae
+
+    blind = tmp_path / "blind.keras"
+    _blind().save(blind)
+    x = _photo(32)
+    with pytest.raises(ValueError, match="blind denoiser.*denoise-colour"):
+        imageae.denoise(x, model=str(blind), strength=10, precision="float32")
+    imageae.denoise(x, model=str(blind), strength="auto", precision="float32")  # auto is fine
+
+
+def test_strength_reaches_the_model_and_auto_uses_the_estimate(level_model):
+    import imageae
+    from imageae.denoise.api import Denoiser, estimate_noise_level
+
+    x = _photo(48)
+    outs = {s: imageae.denoise(x, model=level_model, strength=s, precision="float32") for s in (2, 40)}
+    assert np.abs(outs[2] - outs[40]).mean() > 1e-4
+    runner = Denoiser(level_model, precision="float32").runner(3)
+    level = estimate_noise_level(runner.model, x)
+    auto = imageae.denoise(x, model=level_model, strength="auto", precision="float32")
+    assert np.allclose(auto, imageae.denoise(x, model=level_model, strength=level * 255, precision="float32"),
+                       atol=1e-5)
+
+
+def test_a_fixed_strength_gives_the_same_result_tiled_and_whole(level_model):
+    from imageae.denoise.api import Denoiser
+
+    x = np.random.default_rng(0).random((150, 170, 3)).astype(np.float32)
+    whole = Denoiser(level_model, precision="float32", strength=12, tile=1024)
+    tiled = Denoiser(level_model, precision="float32", strength=12, tile=64)
+    [(_, a)] = list(whole.run([(0, x)]))
+    [(_, b)] = list(tiled.run([(0, x)]))
+    assert tiled.runner(3).tile < 150 and np.allclose(a, b, atol=1e-5)
+
+
+def test_auto_strength_on_a_large_image_estimates_from_a_bounded_sample(level_model, monkeypatch):
+    from imageae.denoise import api
+
+    seen = []
+    runner = api.Denoiser(level_model, precision="float32").runner(3)
+    original = runner.model.estimate_log_level
+
+    def spy(z):
+        seen.append(tuple(z.shape))
+        return original(z)
+
+    monkeypatch.setattr(runner.model, "estimate_log_level", spy)
+    level = api.estimate_noise_level(runner.model, np.zeros((900, 1300, 3), np.float32))
+    assert seen and seen[0][0] <= 16 and seen[0][1:3] == (256, 256) and level >= DenoiserUNet.MIN_LEVEL
+
+
+def test_cli_strength_flag(level_model, tmp_path, capsys):
+    from PIL import Image
+
+    from imageae.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray((_photo(40) * 255).astype(np.uint8)).save(src / "a.png")
+    assert main(["denoise", str(src), "-o", str(tmp_path / "o3"), "--model", level_model, "--strength", "3",
+                 "--precision", "float32", "--progress", "off"]) == 0
+    assert main(["denoise", str(src), "-o", str(tmp_path / "o40"), "--model", level_model, "--strength", "40",
+                 "--precision", "float32", "--progress", "off"]) == 0
+    a = np.asarray(Image.open(tmp_path / "o3" / "a.png"), np.float32)
+    b = np.asarray(Image.open(tmp_path / "o40" / "a.png"), np.float32)
+    assert np.abs(a - b).mean() > 0.1
+    assert main(["denoise", str(src), "-o", str(tmp_path / "bad"), "--strength", "lots"]) == 2
+    assert "strength must be 'auto' or a noise level" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def test_camera_recipe_trains_a_level_model_from_a_blind_one(tmp_path):
+    from PIL import Image
+
+    from imageae.denoise.train import DenoiserTrainConfig, train_denoiser
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    init = tmp_path / "blind.keras"
+    _blind().save(init)
+    config = DenoiserTrainConfig(data=[str(data)], output=str(tmp_path / "out.keras"), channels=3, init=str(init),
+                                 noise="camera", steps=2, steps_per_epoch=1, batch_size=2, patch_size=32,
+                                 validation_fraction=0.25, precision="float32",
+                                 checkpoint_dir=str(tmp_path / "ck"))
+    path = train_denoiser(config, progress=False)
+    import json
+
+    import keras
+
+    model = keras.saving.load_model(path)
+    assert model.noise_level
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert "camera noise" in card["training"]["noise"]
+    assert set(card["metrics"]["validation_camera_noise_psnr_db"]) == {"noisy", "true_level", "auto_level"}
+
+
+def test_camera_recipe_refuses_grey(tmp_path):
+    from imageae.denoise.train import DenoiserTrainConfig, train_denoiser
+
+    config = DenoiserTrainConfig(data=[str(tmp_path)], output=str(tmp_path / "o.keras"), channels=1, noise="camera",
+                                 checkpoint_dir=str(tmp_path / "ck"))
+    with pytest.raises(ValueError, match="colour"):
+        train_denoiser(config, progress=False)
+
+
+def test_self_ensemble_gives_all_eight_views_the_image_level(level_model, monkeypatch):
+    from imageae.denoise import api
+
+    x = np.random.default_rng(5).random((24, 40, 3)).astype(np.float32)
+    calls = []
+    original = api.estimate_noise_level
+
+    def counting(model, image):
+        calls.append(image.shape)
+        return original(model, image)
+
+    monkeypatch.setattr(api, "estimate_noise_level", counting)
+    out = api.Denoiser(level_model, precision="float32", self_ensemble=True).run([(0, x)])
+    [(_, y)] = list(out)
+    assert calls == [x.shape]  # estimated once, on the image as given
+    level = original(api.Denoiser(level_model, precision="float32").runner(3).model, x) * 255
+    fixed = api.Denoiser(level_model, precision="float32", strength=level)
+    views = [api._undo_dihedral(list(fixed.run([(0, np.ascontiguousarray(api._dihedral(x, k)))]))[0][1], k)
+             for k in range(8)]
+    assert np.allclose(y, np.mean(views, axis=0), atol=1e-4)
