@@ -258,3 +258,21 @@ def test_self_ensemble_gives_all_eight_views_the_image_level(level_model, monkey
     views = [api._undo_dihedral(list(fixed.run([(0, np.ascontiguousarray(api._dihedral(x, k)))]))[0][1], k)
              for k in range(8)]
     assert np.allclose(y, np.mean(views, axis=0), atol=1e-4)
+
+
+def test_a_set_strength_sends_grey_images_through_the_colour_model(random_weight_models):
+    """denoise-grey takes no level: with a number and model auto, grey images go through
+    denoise-colour (grey in, grey out) instead of failing; with auto they keep the grey model."""
+    import imageae
+    from imageae import registry
+    from imageae.denoise.api import Denoiser
+
+    x = np.random.default_rng(2).random((40, 48)).astype(np.float32)
+    y = imageae.denoise(x, strength=10, precision="float32")
+    assert y.shape == x.shape
+    colour = Denoiser(str(random_weight_models / "denoise-colour.keras"), strength=10, precision="float32")
+    [(_, expected)] = list(colour.run([(0, x[..., None])]))
+    assert np.allclose(y, np.clip(expected[..., 0], 0, 1), atol=1e-5)
+    auto = Denoiser(precision="float32")
+    assert auto.runner(1).model is not auto.runner(3).model
+    assert registry.load_model("denoise-grey", job="denoise").noise_level is False

@@ -10,9 +10,11 @@ from imageae.data.convert import _as_array
 from imageae.data.io import WRITE_FORMATS, from_float, output_format, write_image
 
 
-def _pick_model(model, channels):
+def _pick_model(model, channels, strength="auto"):
+    """The model "auto" means for an image of ``channels``: the grey model for grey images,
+    unless a strength is set, which only the colour model takes (grey then runs through it)."""
     if model in (None, "auto"):
-        return "denoise-grey" if channels == 1 else "denoise-colour"
+        return "denoise-grey" if channels == 1 and strength == "auto" else "denoise-colour"
     return model
 
 
@@ -77,7 +79,8 @@ class Denoiser:
         For a model that takes a noise level (``denoise-colour``, the default for colour
         images): the level to remove, as a standard deviation on the 0..255 scale (higher
         removes more, and more detail with it), or "auto" to estimate it per image. A blind
-        model (``denoise-grey``) estimates nothing and takes only "auto".
+        model (``denoise-grey``) estimates nothing and takes only "auto"; with a number and
+        ``model="auto"``, grey images run through ``denoise-colour`` too.
     """
 
     def __init__(self, model="auto", *, precision="auto", tile=1024, batch_size=4, self_ensemble=False,
@@ -96,7 +99,7 @@ class Denoiser:
         from imageae.pipelines.engine import TiledRunner
         from imageae.runtime import with_precision
 
-        name = _pick_model(self.model, channels)
+        name = _pick_model(self.model, channels, self.strength)
         if name not in self._runners and str(name).lower().endswith(".tflite"):
             from imageae.pipelines.litert import LiteRTRunner
 

@@ -26,7 +26,8 @@ examples:
 Colour images go to denoise-colour, trained on real camera noise (sensor noise through a
 camera pipeline, JPEG) and Gaussian noise; it estimates the noise level of each image
 (--strength auto) or takes yours: a standard deviation on the 0..255 scale, about 2-8 for
-camera photos and 15-50 for heavy noise. Grey images go to the blind denoise-grey.
+camera photos and 15-50 for heavy noise. Grey images go to the blind denoise-grey, or
+through denoise-colour when --strength is a number.
 
 Outputs keep each input's size, grey/colour mode, alpha channel and bit depth (16-bit PNG and
 TIFF stay 16-bit), in the input's format unless --ext says otherwise. Existing outputs are
