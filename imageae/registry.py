@@ -192,6 +192,7 @@ SERVING_SIGNATURES = {
     "ConvVAE": "imageae.generate.export:_vae_archive",
     "DigitClassifier": "imageae.generate.export:_classifier_archive",
     "HyperpriorCodec": "imageae.codec.export:_codec_archive",
+    "ConvAutoencoder": "imageae.anomaly.export:_autoencoder_archive",
 }
 
 # The LiteRT (.tflite) converter of each model class ("module:function", called with the loaded

@@ -376,7 +376,7 @@ def test_models_lists_only_models_that_export_accepts():
     assert code == 0 and "digit-classifier" in stdout
     from imageae.generate.export import _classifier_archive  # noqa: F401  (digit-classifier has signatures now)
 
-    assert {m.job for m in registry.list_models()} <= {"denoise", "compress", "generate", "features"}
+    assert {m.job for m in registry.list_models()} <= {"denoise", "compress", "generate", "features", "anomaly"}
 
 
 @pytest.fixture

@@ -230,3 +230,25 @@ def test_cli_usage_errors_exit_2_with_one_line(tmp_path, capsys):
     assert main(["train", "anomaly", "--data", str(tmp_path / "two"), "-o", str(tmp_path / "m.keras"),
                  "--size", "18", "--filters", "8,16"]) == 2
     assert "--size must be a multiple of 4" in capsys.readouterr().err
+
+
+def test_export_writes_a_savedmodel_with_reconstruction_error_map_and_code(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from imageae.export import export_saved_model
+    from imageae.models.autoencoder import ConvAutoencoder
+
+    keras.utils.set_random_seed(3)
+    model = ConvAutoencoder(image_size=16, channels=1, code_size=8, filters=(8, 16))
+    model.build((None, 16, 16, 1))
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    target = export_saved_model(str(path), tmp_path / "serving")
+    served = tf.saved_model.load(str(target)).signatures["serving_default"]
+    x = np.random.default_rng(0).random((3, 16, 16, 1)).astype(np.float32)
+    out = {k: v.numpy() for k, v in served(images=tf.constant(x)).items()}
+    expected = np.asarray(model.decode(model.encode(x)))
+    np.testing.assert_allclose(out["reconstruction"], expected, atol=1e-5)
+    np.testing.assert_allclose(out["error_map"], ((expected - x) ** 2).mean(-1), atol=1e-5)
+    assert out["code"].shape == (3, 8) and out["mean_squared_error"].shape == (3,)

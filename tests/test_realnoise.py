@@ -276,3 +276,14 @@ def test_a_set_strength_sends_grey_images_through_the_colour_model(random_weight
     auto = Denoiser(precision="float32")
     assert auto.runner(1).model is not auto.runner(3).model
     assert registry.load_model("denoise-grey", job="denoise").noise_level is False
+
+
+def test_tiny_images_are_padded_before_the_level_is_estimated(level_model, monkeypatch):
+    from imageae.denoise import api
+
+    seen = []
+    runner = api.Denoiser(level_model, precision="float32").runner(3)
+    original = runner.model.estimate_log_level
+    monkeypatch.setattr(runner.model, "estimate_log_level", lambda z: seen.append(tuple(z.shape)) or original(z))
+    api.estimate_noise_level(runner.model, np.full((16, 40, 3), 0.5, np.float32))
+    assert seen == [(1, 64, 64, 3)]
