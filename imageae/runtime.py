@@ -1,5 +1,6 @@
 """Device and numeric-precision choices, made once per process."""
 
+import contextlib
 import os
 import re
 import sys
@@ -32,38 +33,54 @@ def import_tensorflow():
 
         return tensorflow
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ:  # the user chose what to see
-        import keras  # noqa: F401
+        import keras
         import tensorflow
 
         return tensorflow
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # after start-up: errors only
-    try:
-        saved = os.dup(2)
-    except OSError:
-        saved = None
-    if saved is None:
+    with capture_native_stderr(_CHATTER):
         import keras  # noqa: F401
         import tensorflow
 
-        return tensorflow
-    with tempfile.TemporaryFile() as captured:
-        try:
-            sys.stderr.flush()
-            os.dup2(captured.fileno(), 2)
-            import keras  # noqa: F401
-            import tensorflow
-
-            tensorflow.config.list_physical_devices()  # the CUDA probe, while captured
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode("utf-8", "replace")
-            kept = [line for line in text.splitlines() if line.strip() and not _CHATTER.search(line)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
+        tensorflow.config.list_physical_devices()  # the CUDA probe, while captured
     return tensorflow
+
+
+@contextlib.contextmanager
+def capture_native_stderr(chatter):
+    """Capture file descriptor 2 for the block, then print back the lines ``chatter`` does not match.
+
+    C++ libraries (TensorFlow at import, the TFLite converter, the LiteRT interpreter) write
+    straight to fd 2, past ``sys.stderr`` and their own log levels; capturing the descriptor is
+    the only way to keep their known chatter off the terminal while real errors still show.
+    Where fd 2 cannot be duplicated (no stderr), the block runs uncaptured.
+
+    Nest-safe: each entry keeps its own copy of what fd 2 was and its own capture file, and on
+    leaving restores and closes only those. A capture inside another (TensorFlow's import inside
+    a converter's capture) hands fd 2 back to the outer capture's file, so the lines it keeps
+    then pass the outer filter as well.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as captured:
+            try:
+                sys.stderr.flush()
+                os.dup2(captured.fileno(), 2)
+                yield
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                captured.seek(0)
+                text = captured.read().decode("utf-8", "replace")
+                kept = [line for line in text.splitlines() if line.strip() and not chatter.search(line)]
+                if kept:
+                    print("\n".join(kept), file=sys.stderr)
+    finally:
+        os.close(saved)  # this entry's own copy, closed once, after fd 2 no longer needs it
 
 
 def cpu_has_bf16():

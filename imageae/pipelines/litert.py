@@ -23,18 +23,18 @@ import contextlib
 import json
 import os
 import re
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from imageae.pipelines.engine import TiledRunner
+from imageae.runtime import capture_native_stderr
 
 # The sidecar keys each job's runner needs.
 _REQUIRED = {
     "denoise": ("tile", "margin", "stride", "channels"),
     "generate": ("latent_dim", "batch", "image_size", "channels", "mixture"),
+    "anomaly": ("image_size", "channels", "code_size", "batch", "detector"),  # imageae.anomaly.litert
 }
 
 # What the TFLite converter and the LiteRT interpreter print from C++ (absl logging and plain
@@ -54,8 +54,8 @@ _CHATTER = re.compile(
 def quiet_native_logs():
     """Keep the TFLite converter's and the LiteRT interpreter's log lines off the terminal.
 
-    They are printed from C++ straight to file descriptor 2, so stderr is captured for the
-    block, as :func:`imageae.runtime.import_tensorflow` does for TensorFlow's import, and only
+    They are printed from C++ straight to file descriptor 2, so fd 2 is captured for the block
+    by :func:`imageae.runtime.capture_native_stderr` (as for TensorFlow's import), and only
     lines that are not that known chatter are printed back: real errors still show. With
     ``TF_CPP_MIN_LOG_LEVEL=0`` (asking for all of TensorFlow's lines) nothing is captured.
     (Importing Keras sets it to 1 when unset, so 1 does not say that a user asked.)
@@ -63,25 +63,8 @@ def quiet_native_logs():
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
         yield
         return
-    try:
-        saved = os.dup(2)
-    except OSError:
+    with capture_native_stderr(_CHATTER):
         yield
-        return
-    with tempfile.TemporaryFile() as captured:
-        try:
-            sys.stderr.flush()
-            os.dup2(captured.fileno(), 2)
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode("utf-8", "replace")
-            kept = [line for line in text.splitlines() if line.strip() and not _CHATTER.search(line)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
 
 
 def read_litert_metadata(path):
@@ -157,7 +140,8 @@ class _Reloading:
         meta = read_litert_metadata(self.path)
         if meta["job"] not in self.jobs:
             hint = {"generate": f"; use it with 'imageae generate --model {self.path}'",
-                    "denoise": f"; use it with 'imageae denoise --model {self.path}'"}.get(meta["job"], "")
+                    "denoise": f"; use it with 'imageae denoise --model {self.path}'",
+                    "anomaly": f"; use it with 'imageae anomaly score --model {self.path}'"}.get(meta["job"], "")
             raise ValueError(f"{self.path} is a {meta['job']} model, not a {' or '.join(self.jobs)} model{hint}")
         interpreter = _interpreter(self.path, self.num_threads)
         self._configure(meta, interpreter)
