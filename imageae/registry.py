@@ -201,4 +201,5 @@ SERVING_SIGNATURES = {
 TFLITE_EXPORTERS = {
     "DenoiserUNet": "imageae.denoise.export:_denoiser_tflite",
     "ConvVAE": "imageae.generate.export:_vae_tflite",
+    "ConvAutoencoder": "imageae.anomaly.export:_autoencoder_tflite",
 }

@@ -63,7 +63,11 @@ class AnomalyDetector:
         self.batch_size = int(batch_size)
         self.model = None
         if model is not None:
-            named = isinstance(model, (str, Path)) or not hasattr(model, "encoder")
+            if isinstance(model, (str, Path)) and Path(model).suffix == ".tflite":  # an exported detector
+                from imageae.anomaly.litert import LiteRTAutoencoder
+
+                model = LiteRTAutoencoder(model)
+            named = isinstance(model, (str, Path)) or not (hasattr(model, "encoder") or hasattr(model, "_imageae_forward"))
             self.model = registry.load_model(str(model), job="anomaly") if named else model
             if not getattr(self.model, "calibration", None):
                 raise ValueError(f"{model} is an autoencoder without a calibration (threshold, score statistics): "

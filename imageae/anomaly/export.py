@@ -28,3 +28,10 @@ def _autoencoder_archive(model):
         input_signature=[tf.TensorSpec([None, size, size, channels], tf.float32, name="images")],
     )
     return archive
+
+
+def _autoencoder_tflite(model, **options):
+    """The detector as a LiteRT .tflite and its sidecar (:func:`imageae.anomaly.litert.autoencoder_tflite`)."""
+    from imageae.anomaly.litert import autoencoder_tflite
+
+    return autoencoder_tflite(model, **options)

@@ -12,15 +12,18 @@ def register(commands, train):
     p = commands.add_parser(
         "export", help="export a model as a SavedModel for TensorFlow Serving, or as LiteRT .tflite",
         description="Write MODEL as a SavedModel in TF Serving's layout DIR/<model>/<version>/, or "
-                    "(--format tflite: the denoisers and the VAE decoders) as DIR/<model>-<quantize>.tflite "
-                    "plus a .json recording its fixed input (a denoiser's window: tile, margin, stride; a VAE "
-                    "decoder's batch, latent size, output shape and latent mixture).",
+                    "(--format tflite: the denoisers, the VAE decoders and the anomaly detectors) as "
+                    "DIR/<model>-<quantize>.tflite plus a .json recording its fixed input (a denoiser's window: "
+                    "tile, margin, stride; a VAE decoder's batch, latent size, output shape and latent mixture; a "
+                    "detector's side, threshold and score statistics).",
         epilog="example:\n  imageae export denoise-colour -o serving/ --version 1\n"
                "  saved_model_cli show --all --dir serving/denoise-colour/1\n"
                "  imageae export denoise-grey --format tflite --quantize int8 -o edge/\n"
                "  imageae denoise noisy.png -o clean/ --model edge/denoise-grey-int8.tflite\n"
                "  imageae export vae-digits --format tflite -o edge/\n"
-               "  imageae generate -n 64 -o digits/ --model edge/vae-digits-int8.tflite\n\n"
+               "  imageae generate -n 64 -o digits/ --model edge/vae-digits-int8.tflite\n"
+               "  imageae export anomaly-elpv --format tflite -o edge/\n"
+               "  imageae anomaly score cells/ -o report/ --model edge/anomaly-elpv-int8.tflite\n\n"
                "See README.md, 'Serving with TensorFlow Serving', for the signatures and REST/gRPC requests.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -28,13 +31,16 @@ def register(commands, train):
     p.add_argument("-o", "--output", required=True, help="model base folder (TF Serving's --model_base_path parent)")
     p.add_argument("--version", type=_positive_int, default=1, help="version number folder (default: 1)")
     p.add_argument("--format", choices=("savedmodel", "tflite"), default="savedmodel",
-                   help="savedmodel (TF Serving, default) or tflite (LiteRT; the denoisers and VAE decoders)")
+                   help="savedmodel (TF Serving, default) or tflite (LiteRT; the denoisers, VAE decoders and anomaly "
+                        "detectors)")
     p.add_argument("--quantize", choices=("int8", "float16", "none"), default=None,
                    help="tflite only: int8 (full-integer, calibrated; float32 in/out, default), float16 or none "
                         "(float32)")
     p.add_argument("--calibration", metavar="DIR",
-                   help="tflite int8, denoisers only: folder of noisy images to calibrate on (default: the "
-                        "checkout's data/; a VAE decoder calibrates on latents from its own samplers)")
+                   help="tflite int8: folder of images to calibrate on, like the model's training images: noisy "
+                        "ones for a denoiser (default: the checkout's data/), normal ones for an anomaly detector "
+                        "(default for anomaly-elpv: the elpv-dataset package's training cells); a VAE decoder "
+                        "calibrates on latents from its own samplers")
     p.add_argument("--tile", type=_positive_int, default=None,
                    help="tflite, denoisers only: the fixed input window in pixels (default: 512)")
 
