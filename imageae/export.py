@@ -179,6 +179,39 @@ def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=N
     return target
 
 
+def convert_to_tflite(archive, *, quantize, representative_inputs=None):
+    """The ``.tflite`` bytes of a Keras ``ExportArchive``'s ``serving_default``, quantised as ``quantize`` says.
+
+    The job exporters (:data:`imageae.registry.TFLITE_EXPORTERS`) build the archive on a fixed
+    input shape; this writes it out as a SavedModel in a temporary folder (removed after) and
+    runs the TFLite converter with one set of settings for every job: ``"int8"`` full-integer
+    post-training quantisation (float32 inputs and outputs, int8 inside), calibrated on the
+    arrays ``representative_inputs()`` returns, one model input each (called only for int8,
+    after the SavedModel is written); ``"float16"`` float16 weights; ``"none"`` float32.
+    :func:`export_tflite` runs the exporters under :func:`~imageae.pipelines.litert.quiet_native_logs`,
+    which keeps the converter's C++ log lines off the terminal.
+    """
+    import shutil
+
+    import tensorflow as tf
+
+    folder = tempfile.mkdtemp(prefix="imageae-tflite-")
+    try:
+        archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
+        if quantize == "int8":
+            inputs = representative_inputs()
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([x] for x in inputs)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        elif quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _sidecar_json(value, indent=""):
     """``json.dumps(value, indent=2)``, but a list of numbers on one line (a VAE's mixture has
     160 x 128 of them: one per line would make the sidecar most of the export's size)."""

@@ -100,12 +100,10 @@ def _denoiser_tflite(model, *, quantize="int8", calibration=None, tile=512, cali
 
     Returns ``(tflite bytes, metadata dict)``.
     """
-    import shutil
-    import tempfile
-
     import keras
     import tensorflow as tf
 
+    from imageae.export import convert_to_tflite
     from imageae.pipelines.tiling import round_up
 
     stride, channels = int(model.stride), int(model.channels)
@@ -120,21 +118,11 @@ def _denoiser_tflite(model, *, quantize="int8", calibration=None, tile=512, cali
         lambda images: {"noise": tf.cast(model.predict_noise(images), tf.float32)},
         input_signature=[tf.TensorSpec([1, tile, tile, channels], tf.float32, name="images")],
     )
-    folder = tempfile.mkdtemp(prefix="imageae-tflite-")
-    try:
-        archive.write_out(folder, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-        if quantize == "int8":
-            windows = _calibration_windows(channels, tile, calibration, calibration_count)
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([w] for w in windows)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        elif quantize == "float16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        data = converter.convert()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+
+    def calibration_windows():
+        return _calibration_windows(channels, tile, calibration, calibration_count)
+
+    data = convert_to_tflite(archive, quantize=quantize, representative_inputs=calibration_windows)
     meta = {
         "format": "imageae-litert",
         "job": "denoise",

@@ -115,14 +115,11 @@ def _vae_tflite(model, *, quantize="int8", calibration=None, tile=None, calibrat
 
     Returns ``(tflite bytes, metadata dict)``.
     """
-    import shutil
-    import tempfile
-
     import keras
     import tensorflow as tf
 
+    from imageae.export import convert_to_tflite
     from imageae.generate.sampling import DECODE_BLOCK, SAMPLE_BLOCK, mixture_of, sample_latents
-    from imageae.pipelines.litert import quiet_native_logs
 
     if calibration is not None:
         raise ValueError("--calibration applies to the denoisers; a VAE decoder is calibrated on latents drawn from "
@@ -138,25 +135,14 @@ def _vae_tflite(model, *, quantize="int8", calibration=None, tile=None, calibrat
         lambda z: {"images": tf.cast(model.decode(z), tf.float32)},
         input_signature=[tf.TensorSpec([batch, latent_dim], tf.float32, name="z")],
     )
-    folder = tempfile.mkdtemp(prefix="imageae-tflite-")
-    try:
-        with quiet_native_logs():
-            archive.write_out(folder, verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-            if quantize == "int8":
-                half = calibration_batches // 2
-                latents = [sample_latents(model, batch, seed=1, sampler="gmm", start=i * batch) for i in range(half)]
-                latents += [sample_latents(model, batch, seed=2, sampler="normal", start=i * batch)
-                            for i in range(calibration_batches - half)]
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.representative_dataset = lambda: ([z] for z in latents)
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            elif quantize == "float16":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
-            data = converter.convert()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+
+    def calibration_latents():
+        half = calibration_batches // 2
+        latents = [sample_latents(model, batch, seed=1, sampler="gmm", start=i * batch) for i in range(half)]
+        return latents + [sample_latents(model, batch, seed=2, sampler="normal", start=i * batch)
+                          for i in range(calibration_batches - half)]
+
+    data = convert_to_tflite(archive, quantize=quantize, representative_inputs=calibration_latents)
     log_weights, means, log_vars = (np.asarray(v, np.float32) for v in mixture_of(model))
     size, channels = int(model.image_size), int(model.channels)
     meta = {
