@@ -138,7 +138,7 @@ class CompressModelHandler(_Handler):
         for key, decoded in batch:
             started = time.perf_counter()
             try:
-                data, used = codec_api._compress_pixels(
+                data, used = codec_api.compress_pixels(
                     model, decoded.pixels, self.quality, self.target_bpp, self.refine_steps,
                     icc_profile=getattr(decoded, "icc_profile", None), max_pixels=self.max_pixels)
             except ValueError as error:

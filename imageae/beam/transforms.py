@@ -302,7 +302,7 @@ class _DenoiseJob:
         self.ext, self.quality = ext, quality
 
     def suffix_for(self, path):
-        return denoise_api._suffix_for(self.ext)(PurePosixPath(path))
+        return denoise_api.suffix_for(self.ext)(PurePosixPath(path))
 
     def decode(self, path):
         return read_image(path)
@@ -323,7 +323,7 @@ class _CompressJob:
         return codec_api.IAE_EXTENSION
 
     def decode(self, path):
-        return codec_api._read_for_codec(path)  # the local job's reader: 8-bit, no alpha, else a reason
+        return codec_api.read_for_codec(path)  # the local job's reader: 8-bit, no alpha, else a reason
 
     def encode(self, outcome):
         source, target = outcome.key

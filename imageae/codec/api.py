@@ -156,8 +156,8 @@ def compress(image, *, quality=None, target_bpp=None, model=DEFAULT_CODEC, refin
         raise ValueError("give quality or target_bpp, not both")
     if icc_profile is None:  # a PIL image's own (where it still describes the pixels coded)
         icc_profile = _codec_icc_profile(image)
-    data, _ = _compress_pixels(codec_session(model), _codec_pixels(image), quality, target_bpp, refine_steps,
-                               icc_profile=icc_profile, max_pixels=max_pixels)
+    data, _ = compress_pixels(codec_session(model), _codec_pixels(image), quality, target_bpp, refine_steps,
+                              icc_profile=icc_profile, max_pixels=max_pixels)
     return data
 
 
@@ -167,8 +167,8 @@ def default_quality(session):
     return max(1, round(session.num_qualities * 2 / 3))
 
 
-def _compress_pixels(session, pixels, quality, target_bpp, refine_steps=0, *, icc_profile=None,
-                     max_pixels=MAX_CODEC_PIXELS, progress=None):
+def compress_pixels(session, pixels, quality, target_bpp, refine_steps=0, *, icc_profile=None,
+                    max_pixels=MAX_CODEC_PIXELS, progress=None):
     """:func:`compress` once the session and the pixel array are in hand: (bytes, the quality
     used). ``progress(done, steps)`` is called after each refinement step."""
     import functools
@@ -269,8 +269,8 @@ def _decode_iae(lookup, data, max_pixels):
     return header, synthesize_image(session, latents, header.height, header.width, header.colour_mode)
 
 
-def _read_for_codec(path):
-    """uint8 pixels of an image file for the codec; ImageReadError naming what it cannot store."""
+def read_for_codec(path):
+    """The decoded 8-bit image of a file for the codec (local and Beam jobs); ImageReadError naming what it cannot store."""
     from imageae.data.io import ImageReadError, read_image
 
     decoded = read_image(path)
@@ -327,7 +327,7 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
     # Refinements per image (target_bpp may run two): the bar advances by its share per step.
     passes = (2 if target_bpp is not None else 1) * refine_steps
     with running_job(report, len(tasks), desc="compress", progress=progress) as (writer, bar):
-        for task, decoded, error in decoded_images(tasks, decode=_read_for_codec):
+        for task, decoded, error in decoded_images(tasks, decode=read_for_codec):
             moved = [0.0]
 
             def step(done, steps, moved=moved):
@@ -341,9 +341,9 @@ def compress_folder(inputs, output, *, quality=None, target_bpp=None, model=DEFA
                 if error:
                     raise ValueError(error)
                 height, width = decoded.pixels.shape[:2]
-                data, used = _compress_pixels(session, decoded.pixels, quality, target_bpp, refine_steps,
-                                              icc_profile=getattr(decoded, "icc_profile", None),
-                                              max_pixels=max_pixels, progress=step if passes else None)
+                data, used = compress_pixels(session, decoded.pixels, quality, target_bpp, refine_steps,
+                                             icc_profile=getattr(decoded, "icc_profile", None),
+                                             max_pixels=max_pixels, progress=step if passes else None)
             except ValueError as error:
                 report.failed.append((str(task.source), str(error)))
                 continue

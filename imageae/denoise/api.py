@@ -259,7 +259,9 @@ def denoise(image, *, model="auto", strength="auto", precision="auto", tile=1024
     return restore(y)
 
 
-def _suffix_for(ext):
+def suffix_for(ext):
+    """Denoised outputs' ``path -> suffix`` rule: ``ext``, else the input's if writable, else ``.png``."""
+
     def suffix(path):
         if ext:
             return ext if ext.startswith(".") else "." + ext
@@ -302,7 +304,7 @@ def denoise_folder(
     denoiser = Denoiser(model, precision=precision, tile=tile, batch_size=batch_size, self_ensemble=self_ensemble,
                         strength=strength)
     report = FolderReport()
-    tasks = plan_outputs(inputs, output, suffix_for=_suffix_for(ext), overwrite=overwrite, report=report)
+    tasks = plan_outputs(inputs, output, suffix_for=suffix_for(ext), overwrite=overwrite, report=report)
     ensure_output_dir(output)
     decoded_by_task = {}
 
