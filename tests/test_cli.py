@@ -259,6 +259,34 @@ def test_bad_option_value_is_a_usage_error(tmp_path, capsys):
     assert "positive integer" in capsys.readouterr().err
 
 
+def test_a_flag_the_jobs_share_means_the_same_in_every_subcommand():
+    """--device and --progress come from imageae.cli.common, and so do the folder jobs'
+    --skip-existing/--overwrite: one dest, default, choice set and help wherever they appear
+    (the anomaly and Beam jobs included; 'interpolate' and 'embed' write one file and say so)."""
+    import argparse
+
+    from imageae.cli import build_parser
+
+    folder_jobs = {"denoise", "compress", "decompress", "generate", "reconstruct", "anomaly score",
+                   "beam denoise", "beam compress", "beam decompress"}
+    seen = {}
+
+    def walk(parser, path):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}".strip())
+            shared = {"--device", "--progress"} | ({"--skip-existing", "--overwrite"} if path in folder_jobs else set())
+            for flag in set(action.option_strings) & shared:
+                choices = tuple(action.choices) if action.choices else None
+                seen.setdefault(flag, {})[path] = (action.dest, action.default, choices, action.help)
+
+    walk(build_parser(), "")
+    for flag, where in seen.items():
+        assert len(set(where.values())) == 1, (flag, where)
+    assert set(seen["--overwrite"]) == folder_jobs and "anomaly score" in seen["--device"]
+
+
 # ------------------------------------------------------------------------------------ models
 
 

@@ -7,6 +7,7 @@ import sys
 from imageae.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
+    _add_device_flag,
     _add_folder_flags,
     _add_training_flags,
     _configure_device,
@@ -114,7 +115,7 @@ def register(commands, train):
     s.add_argument("-o", "--output", required=True, help="output folder for scores.csv, summary.json and heatmaps/")
     s.add_argument("--no-heatmaps", dest="heatmaps", action="store_false", help="write only the scores and summary")
     s.add_argument("--batch-size", type=_positive_int, default=64, help="images per model call (default: 64)")
-    s.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto", help="where to compute (default: auto)")
+    _add_device_flag(s)
     _add_folder_flags(s)
     a = actions.add_parser("train", help="the same as 'imageae train anomaly'", epilog=_EPILOG_TRAIN,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,7 +9,15 @@ import argparse
 import sys
 import time
 
-from imageae.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _nonnegative_int, _positive_int
+from imageae.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    _add_overwrite_flags,
+    _add_precision_flag,
+    _nonnegative_int,
+    _positive_int,
+)
 
 _EPILOG = """\
 examples:
@@ -58,10 +66,7 @@ def _common(p, inputs_help):
                    help="output folder or prefix (local, gs://, s3://, ...; mirrors the input tree)")
     p.add_argument("--runner", default="DirectRunner",
                    help="Beam runner: DirectRunner (default), DataflowRunner, FlinkRunner, SparkRunner, ...")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--skip-existing", dest="overwrite", action="store_false", default=False,
-                       help="keep outputs that already exist (default)")
-    group.add_argument("--overwrite", dest="overwrite", action="store_true", help="replace existing outputs")
+    _add_overwrite_flags(p)
 
 
 def register(commands, train):
@@ -85,9 +90,7 @@ def register(commands, train):
     d.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per model call (default: 4)")
     d.add_argument("--tile", type=_positive_int, default=1024, help="tile size in pixels (default: 1024)")
     d.add_argument("--self-ensemble", action="store_true", help="average over the 8 flips and rotations (8x slower)")
-    d.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
-                   help="compute precision on the workers: auto = bfloat16 on CPUs that have it, float16 on GPUs, "
-                        "else float32")
+    _add_precision_flag(d)
 
     c = jobs.add_parser("compress", help="imageae compress on Beam", description="Compress images on Beam.", **kw)
     _common(c, "image files and/or folders (searched recursively)")

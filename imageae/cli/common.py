@@ -25,24 +25,40 @@ _positive_int = _int_at_least(1, "a positive integer")
 _nonnegative_int = _int_at_least(0, "a whole number >= 0")
 
 
-def _add_runtime_flags(parser, *, precision_help="compute precision: auto = bfloat16 on CPUs that have it, "
-                                                   "float16 on GPUs, else float32"):
+_PRECISION_HELP = "compute precision: auto = bfloat16 on CPUs that have it, float16 on GPUs, else float32"
+
+
+def _add_runtime_flags(parser, *, precision_help=_PRECISION_HELP):
     """--device and --precision; a job whose 'auto' means something else says so in ``precision_help``."""
+    _add_device_flag(parser)
+    _add_precision_flag(parser, help_text=precision_help)
+
+
+def _add_device_flag(parser):
+    """--device, for jobs that compute here (a Beam job computes on its workers: no --device)."""
     parser.add_argument(
         "--device", choices=["auto", "cpu", "gpu"], default="auto",
         help="where to compute: a GPU when TensorFlow sees one (auto), or force one (default: auto)",
     )
-    parser.add_argument(
-        "--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], default="auto",
-        help=precision_help,
-    )
 
 
-def _add_folder_flags(parser):
+def _add_precision_flag(parser, *, help_text=_PRECISION_HELP):
+    """--precision: the Keras dtype policy, or auto (:func:`imageae.runtime.choose_precision`)."""
+    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
+                        default="auto", help=help_text)
+
+
+def _add_overwrite_flags(parser):
+    """--skip-existing (the default) or --overwrite, into ``args.overwrite``."""
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--skip-existing", dest="overwrite", action="store_false", default=False,
                        help="keep outputs that already exist (default)")
     group.add_argument("--overwrite", dest="overwrite", action="store_true", help="replace existing outputs")
+
+
+def _add_folder_flags(parser):
+    """What a local folder job takes: --skip-existing/--overwrite and --progress."""
+    _add_overwrite_flags(parser)
     parser.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
                         help="progress bar with images/s (auto: only on a terminal)")
 
@@ -57,8 +73,7 @@ def _add_training_flags(parser, what):
                         help="continue from the last checkpoint in --checkpoint-dir up to the steps (or epochs) asked "
                              "for, after a time cut or Ctrl-C")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"],
-                        default="auto", help="training precision (default: auto)")
+    _add_precision_flag(parser, help_text="training precision (default: auto)")
 
 
 def _check_learning_rates(args):
