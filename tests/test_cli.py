@@ -10,19 +10,19 @@ import json
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import (
-    run_cli,
     exif_orientation_bytes,
     marked_corner_image,
     noise_image,
     part_files,
+    run_cli,
     save_text_as_png,
     save_truncated_jpeg,
     smooth_image,
     tree_hashes,
 )
+from PIL import Image
+
 from imageae.cli import main
 from imageae.data.io import read_image
 from imageae.registry import list_models
@@ -74,7 +74,7 @@ def mixed_run(tmp_path_factory, random_weight_models_dir):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("IMAGEAE_MODELS", str(random_weight_models_dir))
         code, stdout, stderr = run_cli("denoise", src, "-o", out)
-    return dict(src=src, out=out, code=code, stdout=stdout, stderr=stderr, before=before)
+    return {"src": src, "out": out, "code": code, "stdout": stdout, "stderr": stderr, "before": before}
 
 
 def test_folder_with_bad_files_exits_1(mixed_run):
@@ -176,7 +176,7 @@ def test_rerun_skips_existing_outputs_and_overwrite_rewrites_them(tmp_path):
 def test_ext_changes_the_output_format_and_keeps_sixteen_bits_in_png(tmp_path):
     src, out = make_good_folder(tmp_path / "src", ["photo.jpg"]), tmp_path / "out"
     cv2.imwrite(str(src / "scan.tif"), noise_image((H, W, 3), np.uint16, seed=8))
-    code, stdout, stderr = run_cli("denoise", src, "-o", out, "--ext", "png")
+    code, _stdout, stderr = run_cli("denoise", src, "-o", out, "--ext", "png")
     assert code == 0, stderr
     assert output_files(out) == ["photo.png", "scan.png"]
     assert Image.open(out / "photo.png").format == "PNG"
