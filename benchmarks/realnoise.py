@@ -43,7 +43,6 @@ import inspect
 import json
 import os
 import platform
-import re
 import resource
 import shlex
 import sys
@@ -55,35 +54,17 @@ import numpy as np
 from common import REPO, Timer, git_commit
 from denoise import NLM_WINDOWS, read_image, run_nlm, to_uint8
 
+from imageae.denoise.train import find_pairs
+
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "realnoise" / "PolyU-Canon"
 NLM_H = (2, 3, 4, 5, 6, 7, 8, 10)
 STRENGTHS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25)
 TUNING_PAIRS = 5
 BAR_MARGIN_DB, BAR_SHARE = 0.5, 0.9
-PAIR = re.compile(r"^(?P<stem>.+)_real\.(?P<ext>jpe?g|png|tiff?|bmp)$", re.IGNORECASE)
 
 
 # ----------------------------------------------------------------------------------------------
 # Data
-
-
-def find_pairs(folder):
-    """``(name, noisy path, mean path)`` for every ``<stem>_real.<ext>`` with a ``<stem>_mean.<ext>``, sorted.
-
-    A ``_real`` file without its ``_mean`` is an error naming it (a silently smaller set would
-    change the numbers).
-    """
-    folder = Path(folder)
-    pairs, lonely = [], []
-    for path in sorted(folder.iterdir()):
-        match = PAIR.match(path.name)
-        if not match:
-            continue
-        mean = [p for p in folder.iterdir() if p.name.lower() == f"{match['stem']}_mean.{match['ext']}".lower()]
-        (pairs.append((match["stem"], path, mean[0])) if mean else lonely.append(path.name))
-    if lonely:
-        raise FileNotFoundError(f"no *_mean file beside {', '.join(lonely)} in {folder}")
-    return pairs
 
 
 def spread(count, n, *, exclude=()):

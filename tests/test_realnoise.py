@@ -287,3 +287,114 @@ def test_tiny_images_are_padded_before_the_level_is_estimated(level_model, monke
     monkeypatch.setattr(runner.model, "estimate_log_level", lambda z: seen.append(tuple(z.shape)) or original(z))
     api.estimate_noise_level(runner.model, np.full((16, 40, 3), 0.5, np.float32))
     assert seen == [(1, 64, 64, 3)]
+
+
+# ----------------------------------------------------------------------------- auto floor
+
+
+def test_auto_uses_at_least_the_models_floor_and_the_floor_is_saved(level_model, tmp_path):
+    import keras
+
+    import imageae
+    from imageae.denoise.api import Denoiser, estimate_noise_level
+
+    x = _photo(48)
+    raw = 255 * estimate_noise_level(keras.saving.load_model(level_model), x)
+    model = keras.saving.load_model(level_model)
+    model.level_calibration = 5 / raw  # the untrained estimator's reading made 5
+    estimate = 255 * estimate_noise_level(model, x)
+    assert estimate < 30  # (the raw reading may be clipped at 255, so not exactly 5)
+    model.auto_level_floor = (estimate + 20) / 255  # above the estimate: the floor decides
+    floored = tmp_path / "floored.keras"
+    model.save(floored)
+    assert keras.saving.load_model(floored).auto_level_floor == pytest.approx((estimate + 20) / 255)
+    auto = imageae.denoise(x, model=str(floored), strength="auto", precision="float32")
+    fixed = imageae.denoise(x, model=str(floored), strength=estimate + 20, precision="float32")
+    model.auto_level_floor = DenoiserUNet.MIN_LEVEL
+    unfloored = tmp_path / "unfloored.keras"
+    model.save(unfloored)
+    plain = imageae.denoise(x, model=str(unfloored), strength="auto", precision="float32")
+    assert np.allclose(auto, fixed, atol=1e-5) and np.abs(auto - plain).mean() > 1e-4
+    # the model's own "auto" (the exported graphs' path) applies the same floor
+    runner = Denoiser(str(floored), precision="float32").runner(3)
+    whole = np.asarray(runner.model(x[None]))[0]
+    at_floor = np.asarray(runner.model((x[None], np.float32([(estimate + 20) / 255]))))[0]
+    assert np.allclose(whole, at_floor, atol=1e-5)
+    # the unfloored model's own "auto" is its estimate on the whole input
+    at_estimate = np.asarray(model((x[None], model.estimate_level(x[None]))))[0]
+    assert np.allclose(np.asarray(model(x[None]))[0], at_estimate, atol=1e-4)
+
+
+def _pairs(folder, count=3, sigma=12.0):
+    """``count`` noisy/clean pairs in PolyU's naming, correlated noise so the floor matters."""
+    import cv2
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(count):
+        clean = _photo(64, seed=i)
+        noise = cv2.GaussianBlur(rng.normal(0, 1, clean.shape).astype(np.float32), (0, 0), 1.5)
+        noisy = np.clip(clean + noise / noise.std() * sigma / 255, 0, 1)
+        Image.fromarray(np.round(noisy * 255).astype(np.uint8)).save(folder / f"cam_{i}_real.png")
+        Image.fromarray(np.round(clean * 255).astype(np.uint8)).save(folder / f"cam_{i}_mean.png")
+
+
+def test_calibrate_auto_floor_picks_the_floor_with_the_best_mean_psnr(level_model, tmp_path):
+    import keras
+
+    from imageae.data.io import read_image
+    from imageae.denoise.train import _uint8_psnr, calibrate_auto_floor, find_pairs
+
+    _pairs(tmp_path / "pairs")
+    found = find_pairs(tmp_path / "pairs")
+    assert [name for name, *_ in found] == ["cam_0", "cam_1", "cam_2"]
+    pairs = [(n, read_image(a).to_float(), read_image(b).to_float()) for n, a, b in found]
+    model = keras.saving.load_model(level_model)
+    floor, table, rows = calibrate_auto_floor(model, pairs, floors=(0, 5, 30))
+    assert set(table) == {0, 5, 30} and len(rows) == 3 and floor == max(table, key=table.get)
+    # the table's numbers are what the model gives at max(estimate, floor)
+    from imageae.denoise.api import estimate_noise_level
+    from imageae.pipelines.engine import TiledRunner
+
+    _, noisy, clean = pairs[0]
+    level = max(estimate_noise_level(model, noisy), 30 / 255)
+    out = next(iter(TiledRunner(model).run([(0, noisy, level)])))[1]
+    assert rows[0]["floor_30"] == pytest.approx(_uint8_psnr(out, clean), abs=1e-3)
+    assert model.auto_level_floor == DenoiserUNet.MIN_LEVEL  # left unchanged
+
+
+def test_find_pairs_names_a_noisy_file_without_its_clean_one(tmp_path):
+    from imageae.denoise.train import find_pairs
+
+    (tmp_path / "a_real.png").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match="a_real.png"):
+        find_pairs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="pairs"):
+        find_pairs(tmp_path / "missing")
+
+
+def test_cli_auto_strength_writes_a_calibrated_model_and_its_card(level_model, tmp_path, capsys):
+    import json
+
+    import keras
+
+    from imageae.cli import main
+
+    _pairs(tmp_path / "pairs", count=2)
+    out = tmp_path / "cal" / "mine.keras"
+    assert main(["train", "auto-strength", level_model, "--pairs", str(tmp_path / "pairs"), "-o", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())["auto_strength"]
+    assert card["pair_count"] == 2 and len(card["per_pair"]) == 2
+    best = max(card["mean_psnr_db_by_floor"].values())
+    assert card["mean_psnr_db_by_floor"][f"{card['floor']:g}"] == best
+    assert keras.saving.load_model(out).auto_level_floor == pytest.approx(max(card["floor"], 0.5) / 255)
+    assert "chosen floor" in capsys.readouterr().out
+    # a blind model and the model itself as output are clear errors
+    blind = tmp_path / "blind.keras"
+    _blind().save(blind)
+    assert main(["train", "auto-strength", str(blind), "--pairs", str(tmp_path / "pairs"), "-o",
+                 str(tmp_path / "x.keras")]) == 2
+    assert "blind denoiser" in capsys.readouterr().err
+    assert main(["train", "auto-strength", level_model, "--pairs", str(tmp_path / "pairs"), "-o", level_model]) == 2
+    assert "is the model being calibrated" in capsys.readouterr().err

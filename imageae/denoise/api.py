@@ -137,7 +137,8 @@ class Denoiser:
         planes = x if x.shape[-1] == runner.channels else np.repeat(x[..., :1], runner.channels, axis=-1)
         if runner.channels == 1 and x.shape[-1] != 1:
             planes = x.mean(axis=-1, keepdims=True)
-        return estimate_noise_level(runner.model, planes)
+        floor = getattr(runner.model, "auto_level_floor", 0.0)  # see imageae train auto-strength
+        return max(estimate_noise_level(runner.model, planes), floor)
 
     def run(self, items):
         """Denoise ``(key, float (H, W, C) image)`` pairs; yields ``(key, result)``.

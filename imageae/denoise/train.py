@@ -7,6 +7,9 @@ TensorFlow and the JAX backend.
 
 import dataclasses
 import json
+import os
+import re
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -312,3 +315,124 @@ def _denoiser_validation_metrics(denoiser, noisy, clean, sigmas):
         metrics["validation_level_estimate_error"] = {
             "median_abs_log_ratio": round(float(np.median(np.abs(np.log(estimate / np.maximum(levels, 0.5 / 255))))), 3)}
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------
+# The "auto" strength's floor, calibrated on real noisy/clean pairs
+
+#: Candidate floors (0..255 scale) for :func:`calibrate_auto_floor`; 0 means no floor.
+AUTO_FLOORS = (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15)
+_PAIR = re.compile(r"^(?P<stem>.+)_real\.(?P<ext>jpe?g|png|tiff?|bmp|webp)$", re.IGNORECASE)
+
+
+def find_pairs(folder):
+    """``(name, noisy path, clean path)`` for every ``<stem>_real.<ext>`` in ``folder`` with a
+    ``<stem>_mean.<ext>`` beside it (PolyU's naming: one shot and the mean of many shots of the
+    same static scene), sorted by name. A ``_real`` file without its ``_mean`` is an error naming
+    it: a silently smaller set would change the numbers."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of <name>_real / <name>_mean image pairs")
+    pairs, lonely = [], []
+    for path in sorted(folder.iterdir()):
+        match = _PAIR.match(path.name)
+        if not match:
+            continue
+        mean = path.with_name(f"{match['stem']}_mean.{match['ext']}")
+        (pairs.append((match["stem"], path, mean)) if mean.exists() else lonely.append(path.name))
+    if lonely:
+        raise FileNotFoundError(f"no *_mean file beside {', '.join(lonely)} in {folder}")
+    if not pairs:
+        raise FileNotFoundError(f"no <name>_real.<ext> / <name>_mean.<ext> pairs in {folder}")
+    return pairs
+
+
+def _uint8_psnr(x, reference):
+    """PSNR (dB) of float 0..1 images as they would be written: clipped and rounded to uint8."""
+    a = np.round(np.clip(x, 0.0, 1.0) * 255.0)
+    b = np.round(np.clip(reference, 0.0, 1.0) * 255.0)
+    return float(10.0 * np.log10(255.0 ** 2 / max(float(np.mean((a - b) ** 2)), 1e-10)))
+
+
+def calibrate_auto_floor(model, pairs, *, floors=AUTO_FLOORS, progress=None):
+    """Choose ``model.auto_level_floor``: the floor whose "auto" strength (the estimate, but at
+    least the floor) gives the best mean PSNR over ``pairs`` of float (H, W, 3) noisy and clean
+    images. Returns ``(floor on the 0..255 scale, {floor: mean PSNR}, per-pair rows)``; the model
+    is left unchanged. Ties go to the smaller floor (it keeps more detail)."""
+    from imageae.denoise.api import estimate_noise_level
+    from imageae.pipelines.engine import TiledRunner
+
+    if not getattr(model, "noise_level", False):
+        raise ValueError("only a denoiser that takes a noise level has an auto strength to calibrate")
+    runner = TiledRunner(model)
+    scores = {f: [] for f in floors}
+    rows = []
+    for name, noisy, clean in pairs:
+        estimate = 255.0 * estimate_noise_level(model, noisy)
+        by_level = {}
+        row = {"pair": name, "estimate": round(estimate, 3), "input_psnr_db": round(_uint8_psnr(noisy, clean), 3)}
+        for f in floors:
+            level = round(max(estimate, float(f)), 3)
+            if level not in by_level:
+                out = next(iter(runner.run([(0, noisy, level / 255.0)])))[1]
+                by_level[level] = _uint8_psnr(out, clean)
+            scores[f].append(by_level[level])
+            row[f"floor_{f:g}"] = round(by_level[level], 3)
+        rows.append(row)
+        if progress:
+            progress(name)
+    table = {f: round(float(np.mean(v)), 4) for f, v in scores.items()}
+    best = max(table.values())
+    return min(f for f, v in table.items() if v == best), table, rows
+
+
+def calibrate_auto_strength(model, pairs_dir, output, *, floors=AUTO_FLOORS, progress=None):
+    """``imageae train auto-strength``: ``model`` (a name or .keras path of a denoiser that takes a
+    noise level) with its "auto" floor calibrated on the real noisy/clean pairs in ``pairs_dir``,
+    written to ``output`` (.keras) with its card (the source card plus an ``auto_strength``
+    section: the pairs, each floor's mean PSNR and the chosen one). Returns the output path."""
+    import imageae.models.denoiser  # noqa: F401  (registers the model class)
+    from imageae import registry
+    from imageae.data.io import read_image
+    from imageae.training import hardware_summary
+
+    output = _check_output(output)
+    source = registry.resolve(model, job="denoise")
+    if Path(output).resolve() == Path(source).resolve():
+        raise ValueError(f"--output {output} is the model being calibrated: name a new .keras file")
+    loaded = keras.saving.load_model(source)  # a fresh copy: the cached one stays as it is
+    if not getattr(loaded, "noise_level", False):
+        raise ValueError(f"{model} is a blind denoiser: it has no auto strength to calibrate "
+                         f"(use a model that takes a noise level, e.g. denoise-colour)")
+    pairs = []
+    for name, noisy_path, clean_path in find_pairs(pairs_dir):
+        noisy, clean = read_image(noisy_path), read_image(clean_path)
+        if noisy.pixels.shape != clean.pixels.shape:
+            raise ValueError(f"{noisy_path.name} and {clean_path.name} differ in size or channels")
+        if noisy.pixels.shape[-1] != loaded.channels:
+            raise ValueError(f"{noisy_path.name} has {noisy.pixels.shape[-1]} channels; the model takes {loaded.channels}")
+        pairs.append((name, noisy.to_float(), clean.to_float()))
+    floor, table, rows = calibrate_auto_floor(loaded, pairs, floors=floors, progress=progress)
+    loaded.auto_level_floor = max(floor / 255.0, loaded.MIN_LEVEL)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.stem}.partial.keras")
+    loaded.save(partial)
+    os.replace(partial, output)
+    try:
+        card = json.loads(Path(source).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        card = {"name": output.stem, "job": "denoise"}
+    card["name"] = output.stem
+    card.setdefault("architecture", {})["auto_level_floor"] = loaded.auto_level_floor
+    card["auto_strength"] = {
+        "pairs": str(pairs_dir), "pair_count": len(pairs), "floor": floor,
+        "mean_psnr_db_by_floor": {f"{f:g}": v for f, v in table.items()},
+        "mean_input_psnr_db": round(float(np.mean([r["input_psnr_db"] for r in rows])), 4),
+        "median_estimate": round(float(np.median([r["estimate"] for r in rows])), 3),
+        "per_pair": rows, "hardware": hardware_summary(),
+        "method": "strength='auto' = max(estimate, floor); the floor with the best mean PSNR (uint8) over the pairs",
+    }
+    partial = output.with_name(f".{output.stem}.partial.json")
+    partial.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(partial, output.with_suffix(".json"))
+    return output

@@ -42,11 +42,15 @@ class DenoiserUNet(keras.Model):
     MIN_LEVEL = 0.5 / 255.0
 
     def __init__(self, channels=1, filters=(48, 96, 192), blocks_per_level=1, noise_level=False,
-                 level_calibration=1.0, **kwargs):
+                 level_calibration=1.0, auto_level_floor=None, **kwargs):
         super().__init__(**kwargs)
         # Multiplies the estimator's level: set by the recipe after training, as the median ratio
         # of true to estimated level on the held-out validation images at full size.
         self.level_calibration = float(level_calibration)
+        # The least level "auto" gives the model (0..1 scale): below a few grey levels the
+        # estimator cannot tell faint camera noise from fine texture, so this is calibrated on
+        # real noisy/clean pairs (``imageae train auto-strength``); MIN_LEVEL when not.
+        self.auto_level_floor = float(self.MIN_LEVEL if auto_level_floor is None else auto_level_floor)
         self.channels = int(channels)
         self.filters = tuple(int(f) for f in filters)
         self.blocks_per_level = int(blocks_per_level)
@@ -128,7 +132,8 @@ class DenoiserUNet(keras.Model):
 
     def call(self, x):
         """Denoise ``x``, or ``(x, level)`` for a model with ``noise_level``: ``level`` (batch,)
-        or (batch, 1) on the 0..1 scale; without it the model estimates it per input."""
+        or (batch, 1) on the 0..1 scale; without it the model estimates it per input (at least
+        ``auto_level_floor``)."""
         x, level = (x[0], x[1]) if isinstance(x, (tuple, list)) else (x, None)
         x = keras.ops.cast(x, "float32")
         return x - keras.ops.cast(self.predict_noise(x, level), "float32")
@@ -150,7 +155,7 @@ class DenoiserUNet(keras.Model):
         ``level`` is used only by a model with ``noise_level`` (None: estimated)."""
         if self.noise_level:
             if level is None:
-                level = self.estimate_level(x)
+                level = keras.ops.maximum(self.estimate_level(x), self.auto_level_floor)
             level = keras.ops.reshape(keras.ops.cast(level, x.dtype), (-1, 1, 1, 1))
             plane = keras.ops.ones_like(x[..., :1]) * level
             x = keras.ops.concatenate([x, plane], axis=-1)
@@ -182,7 +187,8 @@ class DenoiserUNet(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update(channels=self.channels, filters=list(self.filters), blocks_per_level=self.blocks_per_level,
-                      noise_level=self.noise_level, level_calibration=self.level_calibration)
+                      noise_level=self.noise_level, level_calibration=self.level_calibration,
+                      auto_level_floor=self.auto_level_floor)
         return config
 
 
