@@ -26,18 +26,40 @@ the Keras model (float32, the VAEs' default) and the SavedModel's ``decode`` sig
 - for both, how far the images move from the Keras model's for the same latents (mean
   absolute difference in grey levels, and PSNR against them).
 
+For each anomaly detector named (``--anomaly``, default anomaly-elpv) it exports int8
+(calibrated on 256 ELPV training cells from the elpv-dataset package) and float16, and measures
+against the Keras model and the SavedModel (its reconstruction and code, scored by the same
+numpy code as the API):
+
+- file size (the .tflite plus its .json, which carries the threshold and score statistics);
+- latency: one image through the model (64x64 for anomaly-elpv; Keras: the API's compiled
+  forward pass, SavedModel: its ``serving_default``, tflite: one interpreter call), 2 threads,
+  median of 20 x ``--repeats`` calls after a warm-up; and the API's whole scoring of the ELPV
+  test cells (300x300 PNG-decoded arrays resized, model, l2max, heat maps at 300x300) per image;
+- AUROC and average precision on the ELPV test split of benchmarks/anomaly.py (``load_elpv``:
+  the 25 % held-out functional cells against the defective ones, p=1, and p=2/3, p=1/3), the
+  share of each group flagged at the stored threshold, and how far the scores move from the
+  Keras model's (in held-out standard deviations, the scores' unit) and how many decisions change.
+
+A run replaces the rows of the models it measures in an existing ``litert.json`` and keeps the
+others, each row with the run that measured it (``--fresh``: start a new file).
+
 Usage::
 
     python benchmarks/litert.py --models denoise-grey denoise-colour   # all 68 images each, both VAEs
     python benchmarks/litert.py --limit 10 --repeats 3 --samples 2000   # quicker
+    python benchmarks/litert.py --models denoise-colour --vaes          # re-measure the colour rows only,
+                                                                        # plus anomaly-elpv (--anomaly)
 
 Writes ``benchmarks/results/litert.md`` and ``litert.json`` (``--out``).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +86,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=["denoise-grey"], help="denoisers")
     parser.add_argument("--vaes", nargs="*", default=["vae-digits", "vae-faces64"], help="VAEs (decoders)")
+    parser.add_argument("--anomaly", nargs="*", default=["anomaly-elpv"], help="anomaly detectors (ELPV test split)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a line about this run for the results' notes (repeatable): what else the machine did")
+    parser.add_argument("--fresh", action="store_true",
+                        help="write only this run's rows (default: keep an existing litert.json's rows of other models)")
     parser.add_argument("--samples", type=int, default=10000, help="generated digits for the FID (default 10000)")
     parser.add_argument("--classifier", type=Path, default=REPO / "saved_models" / "digit-classifier.keras")
     parser.add_argument("--limit", type=int, default=None, help="first N test images (default: all)")
@@ -167,36 +194,89 @@ def main(argv=None):
             print(json.dumps(row), flush=True)
 
     vae_rows = [row for name in args.vaes for row in vae_benchmark(name, args, tf, workdir)]
+    anomaly_rows = [row for name in args.anomaly for row in anomaly_benchmark(name, args, tf, workdir)]
 
-    info = {"commit": git_commit(), "machine": platform.processor() or platform.machine(),
+    info = {"commit": git_commit(), "uncommitted": _uncommitted(), "machine": platform.processor() or platform.machine(),
             "load_average_at_end": [round(v, 1) for v in os.getloadavg()], "repeats": args.repeats,
-            "python": sys.version.split()[0], "tensorflow": tf.__version__, "argv": sys.argv[1:]}
-    write_results(args.out, {"info": info, "rows": rows, "vae_rows": vae_rows})
+            "python": sys.version.split()[0], "tensorflow": tf.__version__, "argv": sys.argv[1:],
+            "model_files": {name: _file_digest(registry.resolve(name, job=None))
+                            for name in [*args.models, *args.vaes, *args.anomaly]}, "notes": args.note}
+    new = {"rows": rows, "vae_rows": vae_rows, "anomaly_rows": anomaly_rows}
+    previous = args.out / "litert.json"
+    old = None if args.fresh or not previous.is_file() else json.loads(previous.read_text())
+    write_results(args.out, merge_runs(old, info, new))
+
+
+TABLES = ("rows", "vae_rows", "anomaly_rows")
+
+
+def _uncommitted():
+    """imageae/ files with uncommitted changes when the run ended (other engineers' work in progress)."""
+    done = subprocess.run(["git", "status", "--porcelain", "--", "imageae"], cwd=REPO, capture_output=True, text=True)
+    return [line[3:] for line in done.stdout.splitlines()]
+
+
+def _file_digest(path):
+    data = Path(path).read_bytes()
+    return {"file": os.path.relpath(path, REPO), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()[:16]}
+
+
+def merge_runs(old, info, new):
+    """One result of several runs: ``new``'s rows (tagged with this run) replace ``old``'s rows of
+    the same models; ``old``'s other rows stay with the run that measured them."""
+    if old is None:
+        runs, kept = [], {t: [] for t in TABLES}
+    else:
+        runs = old.get("runs") or [old["info"]]  # a result written before runs were recorded: one run
+        kept = {t: [{"run": 0, **r} for r in old.get(t, [])] for t in TABLES}
+    measured = {r["model"] for t in TABLES for r in new[t]}
+    kept = {t: [r for r in rows if r["model"] not in measured] for t, rows in kept.items()}
+    used = sorted({r["run"] for rows in kept.values() for r in rows})
+    renumber = {old_index: i for i, old_index in enumerate(used)}
+    runs = [runs[i] for i in used] + [info]
+    merged = {t: [{**r, "run": renumber[r["run"]]} for r in kept[t]] + [{**r, "run": len(runs) - 1} for r in new[t]]
+              for t in TABLES}
+    return {"runs": runs, **merged}
 
 
 def write_results(out, result):
-    """litert.json and litert.md in ``out`` from ``{"info", "rows", "vae_rows"}``."""
+    """litert.json and litert.md in ``out`` from ``{"runs", "rows", "vae_rows", "anomaly_rows"}``
+    (or a single run's ``{"info", "rows", "vae_rows"}``, as written before runs were recorded)."""
+    if "runs" not in result:
+        result = merge_runs(result, None, {t: [] for t in TABLES})
+        result["runs"] = result["runs"][:-1]  # merge_runs appended the (absent) new run
     out.mkdir(parents=True, exist_ok=True)
     (out / "litert.json").write_text(json.dumps(result, indent=2) + "\n")
-    info, rows, vae_rows = result["info"], result["rows"], result["vae_rows"]
-    load = info.get("load_average_note") or f"load average {info['load_average_at_end'][0]} at the end of this run"
-    lines = [
-        "# int8 LiteRT against Keras (benchmarks/litert.py)",
-        "",
-        (f"Commit {info['commit']}, TensorFlow {info['tensorflow']}, {info['machine']}, "
-         f"command `python benchmarks/litert.py {' '.join(info['argv'])}`. The machine's 2 cores were shared"
-         f" with other work ({load}), so latencies are indicative: compare rows of one run only."),
+    runs, rows, vae_rows = result["runs"], result["rows"], result["vae_rows"]
+    anomaly_rows = result.get("anomaly_rows", [])
+    lines = ["# int8 LiteRT against Keras (benchmarks/litert.py)", ""]
+    lines.append(
+        (f"Rows from {len(runs)} runs (column 'run'). " if len(runs) > 1 else "")
+        + "The machine's 2 cores were shared with other work, so latencies are indicative: compare rows of one"
+        " run only.")
+    lines.append("")
+    for i, info in enumerate(runs):
+        load = info.get("load_average_note") or f"load average {info['load_average_at_end'][0]} at the end"
+        models = [r["model"] for t in TABLES for r in result.get(t, []) if r.get("run", 0) == i]
+        dirty = (f"; uncommitted imageae/ files of other engineers: {', '.join(info['uncommitted'])}"
+                 if info.get("uncommitted") else "")
+        lines.append(f"- Run {i + 1} ({', '.join(dict.fromkeys(models))}): commit {info['commit']}{dirty}, "
+                     f"TensorFlow {info['tensorflow']}, {info['machine']}, command "
+                     f"`python benchmarks/litert.py {' '.join(info['argv'])}`, {info['repeats']} repeats, {load}.")
+    lines += [
         "",
         "## Denoisers",
         "",
         ("Latency: one 512x512 image end to end, 2 threads (TF intra-op 2 / inter-op 1, LiteRT"
-         f" num_threads=2), median of {info['repeats']} after a warm-up; Keras and tflite through the tiled"
+         " num_threads=2), median of the run's repeats after a warm-up; Keras and tflite through the tiled"
          " runners (tflite: one 512x512 window), the SavedModel through its `denoise` signature (PSNR too, on"
          f" each whole image). PSNR: sigma {SIGMA}, noise seed [sigma, i], input not clipped, output clipped and"
-         " rounded (benchmarks/denoise.py's protocol)."),
+         " rounded (benchmarks/denoise.py's protocol). denoise-colour takes a noise level: every path here"
+         " estimates it (strength auto; the .tflite has the estimator in its graph and reads it per 512x512"
+         " window, the Keras API from the whole image)."),
         "",
-        "| model | variant | file | size vs .keras | ms per 512x512 | PSNR (dB) | vs Keras float32 |",
-        "|---|---|---|---|---|---|---|",
+        "| model | variant | file | size vs .keras | ms per 512x512 | PSNR (dB) | vs Keras float32 | run |",
+        "|---|---|---|---|---|---|---|---|",
     ] if rows else ["", "No denoisers in this run (--models)."]
     for name in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == name]
@@ -206,7 +286,7 @@ def write_results(out, result):
             drop = f"{r['psnr'] - ref['psnr']:+.2f} dB" if "psnr" in r else ""
             lines.append(
                 f"| {name} | {r['variant']} | {r['bytes'] / 1e6:.2f} MB | {r['bytes'] / ref['bytes']:.2f} "
-                f"| {r['latency_s_512'] * 1e3:.0f} | {psnr_text} | {drop} |"
+                f"| {r['latency_s_512'] * 1e3:.0f} | {psnr_text} | {drop} | {r.get('run', 0) + 1} |"
             )
     tfl = [r for r in rows if "tile" in r]
     if tfl:
@@ -215,9 +295,12 @@ def write_results(out, result):
             + (" incl. int8 calibration on 24 noisy windows of data/)" if "int8" in r["variant"] else ")")
             for r in tfl) + "."]
     if vae_rows:
-        lines += vae_table(vae_rows, info["repeats"])
-    if info.get("notes"):  # added by hand to a litert.json before --render: checks made beside the run
-        lines += ["", "## Notes", "", *("- " + n for n in info["notes"])]
+        lines += vae_table(vae_rows)
+    if anomaly_rows:
+        lines += anomaly_table(anomaly_rows)
+    notes = [(i, n) for i, info in enumerate(runs) for n in info.get("notes", [])]
+    if notes:  # added by hand to a litert.json before --render: checks made beside a run
+        lines += ["", "## Notes", "", *(f"- (run {i + 1}) {n}" for i, n in notes)]
     (out / "litert.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -327,20 +410,20 @@ def vae_benchmark(name, args, tf, workdir):
     return rows
 
 
-def vae_table(rows, repeats):
+def vae_table(rows):
     lines = [
         "",
         "## VAE decoders",
         "",
         ("Latency: one decoder batch of 64 latents to uint8 images (DECODE_BLOCK, the batch every path decodes),"
-         f" 2 threads, median of {repeats} after a warm-up. File: the .tflite plus its .json (the latent"
+         " 2 threads, median of the run's repeats after a warm-up. File: the .tflite plus its .json (the latent"
          " mixture the sampler needs), the .keras file, or the SavedModel folder. Quality: images from"
          " `imageae.generate(n, model=..., seed=0)` (mixture sampler, temperature 1); 'change' is how far they"
          " move from the Keras model's images for the same latents. The .keras file holds the encoder too; the"
          " Keras time is the API's path (eager model call on 64 rows)."),
         "",
-        "| model | variant | file | size vs .keras | ms per batch of 64 | FID | vs Keras | change vs Keras |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | variant | file | size vs .keras | ms per batch of 64 | FID | vs Keras | change vs Keras | run |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -354,11 +437,143 @@ def vae_table(rows, repeats):
                 f"{r['mean_abs_diff_grey_levels']:.2f} grey levels, "
                 + ("identical" if r["psnr_vs_keras"] is None else f"{r['psnr_vs_keras']:.1f} dB"))
             lines.append(f"| {name} | {r['variant']} | {r['bytes'] / 1e6:.2f} MB | {r['bytes'] / ref['bytes']:.2f} "
-                         f"| {r['latency_s_batch64'] * 1e3:.0f} | {fid} | {drop} | {change} |")
+                         f"| {r['latency_s_batch64'] * 1e3:.0f} | {fid} | {drop} | {change} | {r.get('run', 0) + 1} |")
         notes.append(f"{name}: FID {ref['fid_note']}. tflite export "
                      + ", ".join(f"{r['variant'].split()[1]} {r['export_seconds']:.0f} s (sidecar "
                                  f"{r['sidecar_bytes'] / 1e3:.0f} kB)" for r in mine if "export_seconds" in r)
                      + "; int8 calibrated on 1024 latents, half from the model's mixture, half from N(0, I).")
+    return [*lines, "", *("- " + n for n in notes)]
+
+
+def anomaly_benchmark(name, args, tf, workdir):
+    """Rows for one anomaly detector: Keras, SavedModel, tflite int8 and float16 (see the docstring)."""
+    from anomaly import auroc, average_precision, load_elpv  # benchmarks/anomaly.py: the same split and metrics
+
+    from imageae import registry
+    from imageae.anomaly.api import AnomalyDetector
+    from imageae.anomaly.litert import LiteRTAutoencoder
+    from imageae.anomaly.scoring import _forward
+    from imageae.export import export_saved_model, export_tflite
+
+    keras_path = registry.resolve(name, job="anomaly")
+    keras_model = registry.load_model(name, job="anomaly")
+    exports = {}
+    for quantize in ("int8", "float16"):
+        with Timer() as t_export:
+            exports[quantize] = export_tflite(name, workdir, quantize=quantize)
+        exports[quantize + " seconds"] = t_export.seconds
+    saved = export_saved_model(name, workdir / "serving", version=1)
+    served = tf.saved_model.load(str(saved)).signatures["serving_default"]
+
+    class Served:  # the SavedModel's reconstruction and code, scored by the API's numpy code
+        image_size, channels, code_size = keras_model.image_size, keras_model.channels, keras_model.code_size
+        calibration = keras_model.calibration
+
+        def _imageae_forward(self, x):
+            out = served(images=tf.constant(np.asarray(x, np.float32)))
+            return out["code"].numpy(), out["reconstruction"].numpy()
+
+    # (label, model standing in the detector, files)
+    variants = [("Keras float32", keras_model, [keras_path]), ("SavedModel float32", Served(), [saved])]
+    for q in ("int8", "float16"):
+        variants.append((f"tflite {q}", LiteRTAutoencoder(exports[q], num_threads=2),
+                         [exports[q], exports[q].with_suffix(".json")]))
+
+    split = load_elpv()  # (train, test functional, {group: test anomalous}[, validation defective])
+    normal, groups = split[1], split[2]
+    images = list(normal) + [x for bad in groups.values() for x in bad]
+    spans, start = {}, len(normal)
+    for group, bad in groups.items():
+        spans[group] = (start, start + len(bad))
+        start += len(bad)
+    one = np.random.default_rng(0).random((1, keras_model.image_size, keras_model.image_size, keras_model.channels),
+                                          np.float32)
+    rows, ref = [], None
+    for label, model, files in variants:
+        detector = AnomalyDetector(model)
+        _forward(model, one)  # warm-up (traces / allocates)
+        times = []
+        for _ in range(args.repeats):
+            with Timer() as t:
+                for _ in range(20):
+                    _forward(model, one)
+            times.append(t.seconds / 20)
+        detector.score(images[:64])  # warm-up of the batched path
+        with Timer() as t_score:
+            scores, _ = detector.score(images)
+        size = sum(f.stat().st_size if f.is_file() else sum(g.stat().st_size for g in f.rglob("*") if g.is_file())
+                   for f in files)
+        flagged = scores > detector.threshold
+        row = {"model": name, "variant": label, "bytes": size, "latency_s_image": float(np.median(times)),
+               "score_s_per_image": t_score.seconds / len(images), "scored_images": len(images),
+               "image_size": int(keras_model.image_size), "threshold": detector.threshold,
+               "test_functional": len(normal), "flagged_functional": float(flagged[: len(normal)].mean()),
+               "groups": {}}
+        for group, (a, b) in spans.items():
+            labels = np.r_[np.zeros(len(normal)), np.ones(b - a)]
+            both = np.r_[scores[: len(normal)], scores[a:b]]
+            row["groups"][group] = {"images": b - a, "auroc": auroc(both, labels),
+                                    "ap": average_precision(both, labels), "flagged": float(flagged[a:b].mean())}
+        if ref is None:
+            ref = (scores, flagged)
+        else:
+            diff = np.abs(scores - ref[0])
+            row.update(max_abs_score_change=float(diff.max()), mean_abs_score_change=float(diff.mean()),
+                       decisions_changed=int((flagged != ref[1]).sum()))
+        if label.startswith("tflite"):
+            q = label.split()[1]
+            row["export_seconds"] = exports[q + " seconds"]
+            row["sidecar_bytes"] = files[1].stat().st_size
+            row["calibration"] = json.loads(files[1].read_text())["calibration"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def anomaly_table(rows):
+    main_group = "defective (p=1)"
+    lines = [
+        "",
+        "## Anomaly detectors",
+        "",
+        ("ELPV test split of benchmarks/anomaly.py (`load_elpv`: the 25 % held-out functional cells against the"
+         " defective cells, p=1; p=2/3 in its own column). Every variant scores with the API's numpy code"
+         " (`AnomalyDetector(model)`: resize to the model's side, l2max, threshold) from the model's"
+         " reconstruction; only the model call differs. ms per image, model: one image through the model"
+         " (Keras: the API's compiled forward pass; SavedModel: `serving_default`; tflite: one interpreter call),"
+         " 2 threads, median over the run's repeats of 20 calls. ms per image, API: `detector.score` on all the"
+         " test cells (300x300 arrays, batches of 64), divided by their number. Score change: largest and mean"
+         " absolute change from the Keras scores, in held-out standard deviations (the scores' unit); decisions:"
+         " cells whose side of the threshold changed."),
+        "",
+        "| model | variant | file | size vs .keras | ms per image, model | ms per image, API | AUROC (p=1) | AP (p=1) "
+        "| AUROC (p=2/3) | flagged functional / defective | score change vs Keras (max / mean) | decisions changed "
+        "| run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        ref = mine[0]
+        for r in mine:
+            g = r["groups"][main_group]
+            mid = r["groups"].get("p=2/3")
+            change = "(reference)" if r is ref else f"{r['max_abs_score_change']:.3f} / {r['mean_abs_score_change']:.4f}"
+            decisions = "" if r is ref else f"{r['decisions_changed']} of {r['scored_images']}"
+            lines.append(
+                f"| {name} | {r['variant']} | {r['bytes'] / 1e6:.2f} MB | {r['bytes'] / ref['bytes']:.2f} "
+                f"| {r['latency_s_image'] * 1e3:.2f} | {r['score_s_per_image'] * 1e3:.2f} | {g['auroc']:.4f} "
+                f"| {g['ap']:.4f} | {mid['auroc']:.4f} | {100 * r['flagged_functional']:.1f} % / "
+                f"{100 * g['flagged']:.1f} % | {change} | {decisions} | {r.get('run', 0) + 1} |"
+                if mid else "")
+        tfl = [r for r in mine if "export_seconds" in r]
+        notes.append(f"{name}: {ref['test_functional']} functional and {ref['groups'][main_group]['images']} defective "
+                     f"test cells ({ref['scored_images']} scored with p=2/3 and p=1/3), model side "
+                     f"{ref['image_size']} px, threshold {ref['threshold']:.3f}. tflite export "
+                     + ", ".join(f"{r['variant'].split()[1]} {r['export_seconds']:.0f} s (sidecar "
+                                 f"{r['sidecar_bytes'] / 1e3:.1f} kB)" for r in tfl)
+                     + "; int8 calibration: " + next((r["calibration"] for r in tfl if r.get("calibration")), "none")
+                     + ".")
     return [*lines, "", *("- " + n for n in notes)]
 
 

@@ -162,3 +162,36 @@ def test_the_shipped_elpv_detector_calibrates_on_its_training_cells():
     x, source = calibration_images(model, count=3)
     assert x.shape == (3, model.image_size, model.image_size, 1) and x.dtype == np.float32
     assert "ELPV" in source and 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.01
+
+
+def test_litert_benchmark_keeps_other_models_rows_and_says_which_run_measured_each(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from litert import merge_runs, write_results
+
+    def info(commit):
+        return {"commit": commit, "tensorflow": "2.21", "machine": "x86_64", "argv": [], "repeats": 5,
+                "load_average_at_end": [1.0]}
+
+    def denoiser(model, psnr):
+        return {"model": model, "variant": "Keras float32", "bytes": 9e6, "latency_s_512": 0.3, "psnr": psnr,
+                "psnr_set": "BSD68", "psnr_images": 68}
+
+    # A result written before runs were recorded: one info, rows without a run.
+    old = {"info": info("aaa"), "rows": [denoiser("denoise-grey", 28.8), denoiser("denoise-colour", 30.7)],
+           "vae_rows": []}
+    merged = merge_runs(old, info("bbb"), {"rows": [denoiser("denoise-colour", 30.69)], "vae_rows": [],
+                                           "anomaly_rows": []})
+    assert [r["commit"] for r in merged["runs"]] == ["aaa", "bbb"]
+    assert [(r["model"], r["psnr"], r["run"]) for r in merged["rows"]] == [("denoise-grey", 28.8, 0),
+                                                                          ("denoise-colour", 30.69, 1)]
+    # Measuring every model of the first run again drops that run.
+    again = merge_runs(merged, info("ccc"), {"rows": [denoiser("denoise-grey", 28.7)], "vae_rows": [],
+                                             "anomaly_rows": []})
+    assert [r["commit"] for r in again["runs"]] == ["bbb", "ccc"]
+    assert [(r["model"], r["run"]) for r in again["rows"]] == [("denoise-colour", 0), ("denoise-grey", 1)]
+    write_results(tmp_path, old)  # the old layout still renders
+    text = (tmp_path / "litert.md").read_text()
+    assert "Run 1 (denoise-grey, denoise-colour): commit aaa" in text and "| 30.70 (BSD68, 68 images) |" in text
