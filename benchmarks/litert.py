@@ -212,7 +212,8 @@ TABLES = ("rows", "vae_rows", "anomaly_rows")
 
 def _uncommitted():
     """imageae/ files with uncommitted changes when the run ended (other engineers' work in progress)."""
-    done = subprocess.run(["git", "status", "--porcelain", "--", "imageae"], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(["git", "status", "--porcelain", "--", "imageae"], cwd=REPO, capture_output=True, text=True,
+                          check=False)  # not a checkout: nothing listed
     return [line[3:] for line in done.stdout.splitlines()]
 
 
@@ -546,9 +547,9 @@ def anomaly_table(rows):
          " absolute change from the Keras scores, in held-out standard deviations (the scores' unit); decisions:"
          " cells whose side of the threshold changed."),
         "",
-        "| model | variant | file | size vs .keras | ms per image, model | ms per image, API | AUROC (p=1) | AP (p=1) "
-        "| AUROC (p=2/3) | flagged functional / defective | score change vs Keras (max / mean) | decisions changed "
-        "| run |",
+        ("| model | variant | file | size vs .keras | ms per image, model | ms per image, API | AUROC (p=1) | AP (p=1) "
+         "| AUROC (p=2/3) | flagged functional / defective | score change vs Keras (max / mean) | decisions changed "
+         "| run |"),
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []

@@ -14,9 +14,9 @@ from PIL import Image
 
 pytest.importorskip("ai_edge_litert", reason="the LiteRT interpreter (pip install 'imageae[litert]')")
 
-from imageae.anomaly.api import AnomalyDetector  # noqa: E402
-from imageae.cli import main  # noqa: E402
-from imageae.export import export_tflite  # noqa: E402
+from imageae.anomaly.api import AnomalyDetector
+from imageae.cli import main
+from imageae.export import export_tflite
 
 SIDE = 16
 TINY = {"steps": 120, "steps_per_epoch": 40, "batch_size": 32, "code_size": 4, "filters": (8, 16), "learning_rate": 3e-3}
@@ -97,7 +97,7 @@ def test_images_of_other_sizes_and_colour_are_scored_as_by_keras(exported):
     detector, _, paths, _ = exported
     rng = np.random.default_rng(3)
     images = [rng.random((40, 23, 3)).astype(np.float32), (rng.random((9, 9)) * 255).astype(np.uint8)]
-    ref, ref_maps = detector.score(images)
+    ref, _ = detector.score(images)
     scores, maps = AnomalyDetector(paths["none"]).score(images)
     np.testing.assert_allclose(scores, ref, rtol=1e-5, atol=1e-3)  # noise images: scores in the 10,000s
     assert [m.shape for m in maps] == [(40, 23), (9, 9)]
