@@ -149,6 +149,8 @@ def test_a_tflite_of_another_job_is_refused_clearly(exported):
     _, _, paths, _ = exported
     with pytest.raises(ValueError, match=r"is a anomaly model, not a denoise model.*imageae anomaly score"):
         imageae.denoise(np.zeros((16, 16), np.float32), model=str(paths["none"]))
+    with pytest.raises(ValueError, match=r"LiteRT export: it cannot be saved as a \.keras file"):
+        AnomalyDetector(paths["none"]).save(paths["none"].parent / "d.keras")
 
 
 def test_the_shipped_elpv_detector_calibrates_on_its_training_cells():

@@ -251,5 +251,11 @@ class LiteRTAutoencoder(_Reloading):
             recon[i : i + rows] = out["reconstruction"][:rows]
         return codes, recon
 
+    def save(self, path):
+        """Refused: the .tflite and its .json already are the whole detector (AnomalyDetector.save
+        writes a .keras file, which needs the Keras model)."""
+        raise ValueError(f"{self.path} is a LiteRT export: it cannot be saved as a .keras file; copy the .tflite "
+                         "with its .json, or save the .keras detector it was exported from")
+
     def __repr__(self):
         return f"LiteRTAutoencoder({str(self.path)!r}, quantize={self.meta.get('quantize')!r})"
