@@ -108,36 +108,6 @@ def calibration_images(model, calibration=None, *, count=CALIBRATION_COUNT):
     return x, source
 
 
-def _convert(archive, quantize, representative):
-    """The flatbuffer of a keras ExportArchive: TFLiteConverter from its SavedModel, with
-    full-integer int8 (float32 in and out) calibrated on ``representative`` (a list of input
-    batches), float16 weights, or float32 ("none").
-
-    Kept apart so that it can become a call of the shared converter set-up in imageae.export."""
-    import shutil
-    import tempfile
-
-    import tensorflow as tf
-
-    from imageae.pipelines.litert import quiet_native_logs
-
-    folder = tempfile.mkdtemp(prefix="imageae-tflite-")
-    try:
-        with quiet_native_logs():
-            archive.write_out(folder, verbose=False)
-            converter = tf.lite.TFLiteConverter.from_saved_model(folder)
-            if quantize == "int8":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.representative_dataset = lambda: ([x] for x in representative)
-                converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            elif quantize == "float16":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
-            return converter.convert()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def autoencoder_tflite(model, *, quantize="int8", calibration=None, tile=None, calibration_count=CALIBRATION_COUNT):
     """Convert a calibrated ConvAutoencoder (an anomaly detector) to a .tflite.
 
@@ -151,6 +121,8 @@ def autoencoder_tflite(model, *, quantize="int8", calibration=None, tile=None, c
     import keras
     import tensorflow as tf
 
+    from imageae.export import convert_to_tflite
+
     if tile is not None:
         raise ValueError(f"--tile applies to the denoisers; an anomaly detector scores whole images resized to its "
                          f"side ({model.image_size} pixels), so leave it out")
@@ -161,7 +133,7 @@ def autoencoder_tflite(model, *, quantize="int8", calibration=None, tile=None, c
         raise ValueError(f"--calibration applies to --quantize int8 only (got --quantize {quantize})")
     size, channels, code_size = int(model.image_size), int(model.channels), int(model.code_size)
     representative, source = None, None
-    if quantize == "int8":
+    if quantize == "int8":  # read first: a missing calibration set fails before the slow conversion
         x, source = calibration_images(model, calibration, count=calibration_count)
         representative = [x[i : i + BATCH] for i in range(0, len(x) - BATCH + 1, BATCH)]
 
@@ -173,7 +145,7 @@ def autoencoder_tflite(model, *, quantize="int8", calibration=None, tile=None, c
     archive.track(model)
     archive.add_endpoint("serving_default", run,
                          input_signature=[tf.TensorSpec([BATCH, size, size, channels], tf.float32, name="images")])
-    data = _convert(archive, quantize, representative)
+    data = convert_to_tflite(archive, quantize=quantize, representative_inputs=lambda: representative)
     meta = {
         "format": "imageae-litert",
         "job": "anomaly",
