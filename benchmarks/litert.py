@@ -32,10 +32,12 @@ against the Keras model and the SavedModel (its reconstruction and code, scored 
 numpy code as the API):
 
 - file size (the .tflite plus its .json, which carries the threshold and score statistics);
-- latency: one image through the model (64x64 for anomaly-elpv; Keras: the API's compiled
-  forward pass, SavedModel: its ``serving_default``, tflite: one interpreter call), 2 threads,
-  median of 20 x ``--repeats`` calls after a warm-up; and the API's whole scoring of the ELPV
-  test cells (300x300 PNG-decoded arrays resized, model, l2max, heat maps at 300x300) per image;
+- latency, 2 threads, after a warm-up: one image alone through the model (64x64 for
+  anomaly-elpv; Keras: the API's compiled forward pass, SavedModel: its ``serving_default``,
+  tflite: one interpreter call on the file's fixed batch, padded), median of ``--repeats`` x 20
+  calls; a batch of 64 images through the model, per image (tflite: 64 / batch calls), median
+  of ``--repeats``; and the API's whole scoring of the ELPV test cells (300x300 arrays resized,
+  model, l2max, heat maps at 300x300) per image;
 - AUROC and average precision on the ELPV test split of benchmarks/anomaly.py (``load_elpv``:
   the 25 % held-out functional cells against the defective ones, p=1, and p=2/3, p=1/3), the
   share of each group flagged at the stored threshold, and how far the scores move from the
@@ -487,8 +489,9 @@ def anomaly_benchmark(name, args, tf, workdir):
     for group, bad in groups.items():
         spans[group] = (start, start + len(bad))
         start += len(bad)
-    one = np.random.default_rng(0).random((1, keras_model.image_size, keras_model.image_size, keras_model.channels),
-                                          np.float32)
+    many = np.random.default_rng(0).random((64, keras_model.image_size, keras_model.image_size, keras_model.channels),
+                                           np.float32)
+    one = many[:1]
     rows, ref = [], None
     for label, model, files in variants:
         detector = AnomalyDetector(model)
@@ -499,6 +502,12 @@ def anomaly_benchmark(name, args, tf, workdir):
                 for _ in range(20):
                     _forward(model, one)
             times.append(t.seconds / 20)
+        _forward(model, many)
+        batch_times = []
+        for _ in range(args.repeats):
+            with Timer() as t:
+                _forward(model, many)
+            batch_times.append(t.seconds / len(many))
         detector.score(images[:64])  # warm-up of the batched path
         with Timer() as t_score:
             scores, _ = detector.score(images)
@@ -506,6 +515,8 @@ def anomaly_benchmark(name, args, tf, workdir):
                    for f in files)
         flagged = scores > detector.threshold
         row = {"model": name, "variant": label, "bytes": size, "latency_s_image": float(np.median(times)),
+               "batch64_s_per_image": float(np.median(batch_times)),
+               "litert_batch": model.batch if isinstance(model, LiteRTAutoencoder) else None,
                "score_s_per_image": t_score.seconds / len(images), "scored_images": len(images),
                "image_size": int(keras_model.image_size), "threshold": detector.threshold,
                "test_functional": len(normal), "flagged_functional": float(flagged[: len(normal)].mean()),
@@ -531,6 +542,10 @@ def anomaly_benchmark(name, args, tf, workdir):
     return rows
 
 
+def _ms(seconds):
+    return "not run" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
 def anomaly_table(rows):
     main_group = "defective (p=1)"
     lines = [
@@ -540,17 +555,18 @@ def anomaly_table(rows):
         ("ELPV test split of benchmarks/anomaly.py (`load_elpv`: the 25 % held-out functional cells against the"
          " defective cells, p=1; p=2/3 in its own column). Every variant scores with the API's numpy code"
          " (`AnomalyDetector(model)`: resize to the model's side, l2max, threshold) from the model's"
-         " reconstruction; only the model call differs. ms per image, model: one image through the model"
-         " (Keras: the API's compiled forward pass; SavedModel: `serving_default`; tflite: one interpreter call),"
-         " 2 threads, median over the run's repeats of 20 calls. ms per image, API: `detector.score` on all the"
+         " reconstruction; only the model call differs. 2 threads. ms, one image: one image alone through the"
+         " model (Keras: the API's compiled forward pass; SavedModel: `serving_default`; tflite: one interpreter"
+         " call on the file's fixed batch, padded), median over the run's repeats of 20 calls. ms per image in 64:"
+         " a batch of 64 through the model (tflite: 64 / batch calls). ms per image, API: `detector.score` on all the"
          " test cells (300x300 arrays, batches of 64), divided by their number. Score change: largest and mean"
          " absolute change from the Keras scores, in held-out standard deviations (the scores' unit); decisions:"
          " cells whose side of the threshold changed."),
         "",
-        ("| model | variant | file | size vs .keras | ms per image, model | ms per image, API | AUROC (p=1) | AP (p=1) "
-         "| AUROC (p=2/3) | flagged functional / defective | score change vs Keras (max / mean) | decisions changed "
-         "| run |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ("| model | variant | file | size vs .keras | ms, one image | ms per image in 64 | ms per image, API "
+         "| AUROC (p=1) | AP (p=1) | AUROC (p=2/3) | flagged functional / defective "
+         "| score change vs Keras (max / mean) | decisions changed | run |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for name in dict.fromkeys(r["model"] for r in rows):
@@ -563,7 +579,8 @@ def anomaly_table(rows):
             decisions = "" if r is ref else f"{r['decisions_changed']} of {r['scored_images']}"
             lines.append(
                 f"| {name} | {r['variant']} | {r['bytes'] / 1e6:.2f} MB | {r['bytes'] / ref['bytes']:.2f} "
-                f"| {r['latency_s_image'] * 1e3:.2f} | {r['score_s_per_image'] * 1e3:.2f} | {g['auroc']:.4f} "
+                f"| {r['latency_s_image'] * 1e3:.2f} | {_ms(r.get('batch64_s_per_image'))} "
+                f"| {r['score_s_per_image'] * 1e3:.2f} | {g['auroc']:.4f} "
                 f"| {g['ap']:.4f} | {mid['auroc']:.4f} | {100 * r['flagged_functional']:.1f} % / "
                 f"{100 * g['flagged']:.1f} % | {change} | {decisions} | {r.get('run', 0) + 1} |"
                 if mid else "")
@@ -571,7 +588,8 @@ def anomaly_table(rows):
         notes.append(f"{name}: {ref['test_functional']} functional and {ref['groups'][main_group]['images']} defective "
                      f"test cells ({ref['scored_images']} scored with p=2/3 and p=1/3), model side "
                      f"{ref['image_size']} px, threshold {ref['threshold']:.3f}. tflite export "
-                     + ", ".join(f"{r['variant'].split()[1]} {r['export_seconds']:.0f} s (sidecar "
+                     + ", ".join(f"{r['variant'].split()[1]} {r['export_seconds']:.0f} s (batch "
+                                 f"{r.get('litert_batch') or 'not recorded'}, sidecar "
                                  f"{r['sidecar_bytes'] / 1e3:.1f} kB)" for r in tfl)
                      + "; int8 calibration: " + next((r["calibration"] for r in tfl if r.get("calibration")), "none")
                      + ".")
