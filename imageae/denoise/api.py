@@ -85,7 +85,8 @@ class Denoiser:
     strength : "auto" or float
         For a model that takes a noise level (``denoise-colour``, the default for colour
         images): the level to remove, as a standard deviation on the 0..255 scale (higher
-        removes more, and more detail with it), or "auto" to estimate it per image. A blind
+        removes more, and more detail with it), or "auto" to estimate it per image (at least the
+        model's ``auto_level_floor``: 8 for ``denoise-colour``, see ``imageae train auto-strength``). A blind
         model (``denoise-grey``) estimates nothing and takes only "auto"; with a number and
         ``model="auto"``, grey images run through ``denoise-colour`` too.
     """
@@ -228,7 +229,8 @@ def denoise(image, *, model="auto", strength="auto", precision="auto", tile=1024
         (``imageae models``), a path to a .keras file or to an exported .tflite file.
     strength : "auto" or float
         How much noise to remove, for a model that takes a noise level (``denoise-colour``,
-        the colour default): "auto" estimates it per image; a number is the noise's standard
+        the colour default): "auto" estimates it per image (at least the model's floor, 8 for
+        ``denoise-colour``: faint camera noise is invisible to the estimator); a number is the noise's standard
         deviation on the 0..255 scale (about 2-8 for camera photos, 15-50 for heavy noise).
         Raise it to smooth more, lower it to keep more texture. Blind models take only "auto".
     self_ensemble : bool

@@ -26,9 +26,10 @@ examples:
 
 Colour images go to denoise-colour, trained on real camera noise (sensor noise through a
 camera pipeline, JPEG) and Gaussian noise; it estimates the noise level of each image
-(--strength auto) or takes yours: a standard deviation on the 0..255 scale, about 2-8 for
-camera photos and 15-50 for heavy noise. Grey images go to the blind denoise-grey, or
-through denoise-colour when --strength is a number.
+(--strength auto, at least 8: faint camera noise is invisible to the estimator; see
+'imageae train auto-strength --help') or takes yours: a standard deviation on the 0..255 scale,
+about 2-8 for camera photos, 15-50 for heavy noise, 1-2 for clean images. Grey images go to the
+blind denoise-grey, or through denoise-colour when --strength is a number.
 
 Outputs keep each input's size, grey/colour mode, alpha channel and bit depth (16-bit PNG and
 TIFF stay 16-bit), in the input's format unless --ext says otherwise. Existing outputs are
@@ -89,8 +90,8 @@ def register(commands, train):
                         "'imageae models', or a .keras path (default: auto)")
     p.add_argument("--strength", default="auto",
                    help="noise level to remove, 0..255 scale (about 2-8 for camera photos, 15-50 for heavy noise), "
-                        "or auto: estimated per image. Only for models that take a level, such as the colour "
-                        "default denoise-colour (default: auto)")
+                        "or auto: estimated per image, at least the model's floor (8 for denoise-colour). Only for "
+                        "models that take a level, such as the colour default denoise-colour (default: auto)")
     p.add_argument("--ext", help="output format by extension: png, jpg, webp, tif, bmp (default: keep the input's)")
     p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality when writing those (default: 95)")
     group = p.add_mutually_exclusive_group()
