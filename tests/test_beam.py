@@ -229,3 +229,12 @@ def test_beam_command_line_errors_are_one_line_with_exit_2(photos, models, tmp_p
     code, out, _ = run_cli("beam", "denoise", "--help")
     assert code == 0 and "--direct_num_workers 2 --direct_running_mode multi_processing" in out
     assert not any(p.suffix == ".iae" for p in tmp_path.rglob("*"))
+
+
+def test_beam_denoise_passes_the_strength_to_the_workers_denoiser():
+    from imageae.beam.handlers import DenoiseModelHandler
+
+    assert DenoiseModelHandler("auto", strength="7.5").load_model().strength == 7.5
+    assert DenoiseModelHandler("auto").load_model().strength == "auto"
+    with pytest.raises(ValueError, match="strength"):
+        DenoiseModelHandler("auto", strength="lots")  # refused when the pipeline is built, not on a worker

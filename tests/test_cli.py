@@ -287,6 +287,27 @@ def test_a_flag_the_jobs_share_means_the_same_in_every_subcommand():
     assert set(seen["--overwrite"]) == folder_jobs and "anomaly score" in seen["--device"]
 
 
+def test_a_job_on_beam_takes_the_same_options_as_the_local_job():
+    """``imageae beam denoise|compress|decompress`` offer every option of the local job that is
+    about the job itself (not where it runs: --device, --progress), with the same defaults."""
+    import argparse
+
+    from imageae.cli import build_parser
+
+    def options(parser, path):
+        for word in path.split():
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            parser = sub.choices[word]
+        return {a.dest: (a.default, tuple(a.choices) if a.choices else None) for a in parser._actions
+                if a.option_strings and a.dest not in ("help", "device", "progress", "runner")}
+
+    parser = build_parser()
+    for job in ("denoise", "compress", "decompress"):
+        local, beam = options(parser, job), options(parser, f"beam {job}")
+        assert beam == {k: v for k, v in local.items() if k != "psnr"}, job
+    assert "strength" in options(parser, "beam denoise")
+
+
 # ------------------------------------------------------------------------------------ models
 
 

@@ -9,15 +9,9 @@ import argparse
 import sys
 import time
 
-from imageae.cli.common import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_USAGE,
-    _add_overwrite_flags,
-    _add_precision_flag,
-    _nonnegative_int,
-    _positive_int,
-)
+from imageae.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, _add_overwrite_flags
+from imageae.codec.cli import add_compress_options, add_decompress_options
+from imageae.denoise.cli import add_denoise_options
 
 _EPILOG = """\
 examples:
@@ -53,13 +47,6 @@ class _BeamJobParser(argparse.ArgumentParser):
         return namespace, []
 
 
-def _quality(text):
-    value = _positive_int(text)
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"quality must be 1..100, got {value}")
-    return value
-
-
 def _common(p, inputs_help):
     p.add_argument("inputs", nargs="+", metavar="INPUT", help=inputs_help)
     p.add_argument("-o", "--output", required=True,
@@ -82,35 +69,15 @@ def register(commands, train):
 
     d = jobs.add_parser("denoise", help="imageae denoise on Beam", description="Denoise images on Beam.", **kw)
     _common(d, "image files and/or folders (searched recursively)")
-    d.add_argument("--model", default="auto",
-                   help="auto (grey model for grey images, colour for colour), a name from 'imageae models', or "
-                        "a .keras path the workers can read (default: auto)")
-    d.add_argument("--ext", help="output format by extension: png, jpg, webp, tif, bmp (default: keep the input's)")
-    d.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality when writing those (default: 95)")
-    d.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per model call (default: 4)")
-    d.add_argument("--tile", type=_positive_int, default=1024, help="tile size in pixels (default: 1024)")
-    d.add_argument("--self-ensemble", action="store_true", help="average over the 8 flips and rotations (8x slower)")
-    _add_precision_flag(d)
+    add_denoise_options(d, models_on="the workers")
 
     c = jobs.add_parser("compress", help="imageae compress on Beam", description="Compress images on Beam.", **kw)
     _common(c, "image files and/or folders (searched recursively)")
-    rate = c.add_mutually_exclusive_group()
-    rate.add_argument("--quality", type=_positive_int, help="1 (smallest) .. the model's best (default: two thirds up)")
-    rate.add_argument("--target-bpp", type=float, metavar="BPP",
-                      help="instead of --quality: the best quality whose file stays within BPP bits per pixel")
-    c.add_argument("--model", default="codec-v4", help="a compress model from 'imageae models' or a .keras path")
-    c.add_argument("--refine-steps", type=_nonnegative_int, default=0, metavar="N",
-                   help="optimise each image's latents for N steps before coding (default 0)")
-    c.add_argument("--max-pixels", type=_positive_int, metavar="N",
-                   help="refuse images of more than N pixels (default about 89.5 Mpixel: Pillow's limit)")
+    add_compress_options(c, models_on="the workers")
 
     x = jobs.add_parser("decompress", help="imageae decompress on Beam", description="Decode .iae files on Beam.", **kw)
     _common(x, ".iae files and/or folders (searched recursively)")
-    x.add_argument("--ext", default="png", help="output format: png (default, lossless), tif, bmp, webp, jpg")
-    x.add_argument("--model", action="append", dest="models", metavar="KERAS",
-                   help="a codec .keras file of your own that wrote some of the files (repeatable)")
-    x.add_argument("--max-pixels", type=_positive_int, metavar="N",
-                   help="refuse files declaring an image of more than N pixels (default about 89.5 Mpixel)")
+    add_decompress_options(x, models_on="the workers")
     return {"beam": _cmd_beam}
 
 
@@ -185,7 +152,7 @@ def _transform(transforms, args):
         return transforms.DenoiseImages(
             args.inputs, args.output, model=args.model, ext=args.ext, quality=args.quality,
             overwrite=args.overwrite, precision=args.precision, tile=args.tile, batch_size=args.batch_size,
-            self_ensemble=args.self_ensemble)
+            self_ensemble=args.self_ensemble, strength=args.strength)
     if args.family == "compress":
         if args.target_bpp is not None and not args.target_bpp > 0:
             raise ValueError(f"--target-bpp must be positive, got {args.target_bpp}")

@@ -78,8 +78,11 @@ class DenoiseModelHandler(_Handler):
     twice ``batch_size`` images, the group ``Denoiser.run`` sends to the tiled runner locally.
     """
 
-    def __init__(self, model="auto", *, precision="auto", tile=1024, batch_size=4, self_ensemble=False):
-        denoise_api.Denoiser(model, precision=precision, tile=tile, batch_size=batch_size)  # checks the options
+    def __init__(self, model="auto", *, precision="auto", tile=1024, batch_size=4, self_ensemble=False,
+                 strength="auto"):
+        checked = denoise_api.Denoiser(model, precision=precision, tile=tile, batch_size=batch_size,
+                                       strength=strength)  # checks the options
+        self.strength = checked.strength
         self.model = model
         self.precision = precision
         self.tile = tile
@@ -89,8 +92,8 @@ class DenoiseModelHandler(_Handler):
 
     def load_model(self):
         _import_tensorflow()
-        return denoise_api.Denoiser(self.model, precision=self.precision, tile=self.tile,
-                                    batch_size=self.batch_size, self_ensemble=self.self_ensemble)
+        return denoise_api.Denoiser(self.model, precision=self.precision, tile=self.tile, batch_size=self.batch_size,
+                                    self_ensemble=self.self_ensemble, strength=self.strength)
 
     def run_inference(self, batch, model, inference_args=None):
         try:

@@ -405,7 +405,7 @@ class DenoiseImages(_FolderJob):
         Image files and folders (searched recursively), local or on any Beam filesystem.
     output : str
         The output folder or prefix; the output tree mirrors the input tree.
-    model, precision, tile, batch_size, self_ensemble
+    model, precision, tile, batch_size, self_ensemble, strength
         As for :class:`imageae.denoise.api.Denoiser`.
     ext, quality, overwrite
         As for :func:`imageae.denoise_folder`.
@@ -419,14 +419,14 @@ class DenoiseImages(_FolderJob):
     """
 
     def __init__(self, inputs, output, *, model="auto", ext=None, quality=95, overwrite=False, precision="auto",
-                 tile=1024, batch_size=4, self_ensemble=False):
+                 tile=1024, batch_size=4, self_ensemble=False, strength="auto"):
         from imageae.checks import check_int
 
         if ext is not None:
             output_format(None, ext)  # validates the extension up front
         check_int("quality", quality, minimum=1, maximum=100)
         handler = DenoiseModelHandler(model, precision=precision, tile=tile, batch_size=batch_size,
-                                      self_ensemble=self_ensemble)
+                                      self_ensemble=self_ensemble, strength=strength)
         super().__init__(inputs, output, _DenoiseJob(ext, quality), handler, overwrite=overwrite)
 
 

@@ -54,6 +54,35 @@ synthesis trains on the rounded latents that decoding will give it.
 """
 
 
+def add_compress_options(p, *, models_on):
+    """The compress job's own options, for ``imageae compress`` and ``imageae beam compress``."""
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--quality", type=_positive_int,
+                      help=f"1 (smallest) .. 9 (best) for {DEFAULT_CODEC}; 'imageae models' lists each codec's "
+                           f"range (default: two thirds up the range, 6 for {DEFAULT_CODEC})")
+    rate.add_argument("--target-bpp", type=float, metavar="BPP",
+                      help="instead of --quality: the best quality whose file stays within BPP bits per pixel")
+    p.add_argument("--model", default=DEFAULT_CODEC,
+                   help=f"a compress model from 'imageae models' or a .keras path readable on {models_on}")
+    p.add_argument("--refine-steps", type=_nonnegative_int, default=0, metavar="N",
+                   help="optimise each image's latents for N steps before coding: smaller files or better "
+                        "pictures, the same decoder, N x about 1.2 s per Mpixel on 2 cores (default 0: one "
+                        "pass; 100 is a good value; images up to 4 Mpixel)")
+    p.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                   help="refuse images of more than N pixels (default 89478485, about 89.5 Mpixel: Pillow's limit)")
+
+
+def add_decompress_options(p, *, models_on):
+    """The decompress job's own options, for ``imageae decompress`` and ``imageae beam decompress``."""
+    p.add_argument("--ext", default="png", help="output format: png (default, lossless), tif, bmp, webp, jpg")
+    p.add_argument("--model", action="append", dest="models", metavar="KERAS",
+                   help=f"a codec .keras file of your own, readable on {models_on}, that wrote some of the "
+                        "files (repeatable)")
+    p.add_argument("--max-pixels", type=_positive_int, metavar="N",
+                   help="refuse files declaring an image of more than N pixels, before decoding anything "
+                        "(default 89478485, about 89.5 Mpixel: Pillow's limit; a 200 KB file can declare 8192 x 8192)")
+
+
 def register(commands, train):
     """Add ``compress``, ``decompress`` and ``train codec``; their handlers by command."""
     p = commands.add_parser(
@@ -63,19 +92,7 @@ def register(commands, train):
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree)")
-    rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--quality", type=_positive_int,
-                      help=f"1 (smallest) .. 9 (best) for {DEFAULT_CODEC}; 'imageae models' lists each codec's "
-                           f"range (default: two thirds up the range, 6 for {DEFAULT_CODEC})")
-    rate.add_argument("--target-bpp", type=float, metavar="BPP",
-                      help="instead of --quality: the best quality whose file stays within BPP bits per pixel")
-    p.add_argument("--model", default=DEFAULT_CODEC, help="a compress model from 'imageae models' or a .keras path")
-    p.add_argument("--refine-steps", type=_nonnegative_int, default=0, metavar="N",
-                   help="optimise each image's latents for N steps before coding: smaller files or better "
-                        "pictures, the same decoder, N x about 1.2 s per Mpixel on 2 cores (default 0: one "
-                        "pass; 100 is a good value; images up to 4 Mpixel)")
-    p.add_argument("--max-pixels", type=_positive_int, metavar="N",
-                   help="refuse images of more than N pixels (default 89478485, about 89.5 Mpixel: Pillow's limit)")
+    add_compress_options(p, models_on="this machine")
     p.add_argument("--psnr", action="store_true",
                    help="also decode each file and report its PSNR against the input (dB; about the encoding "
                         "time again)")
@@ -89,12 +106,7 @@ def register(commands, train):
     )
     p.add_argument("inputs", nargs="+", metavar="FILE", help=".iae files and/or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree)")
-    p.add_argument("--ext", default="png", help="output format: png (default, lossless), tif, bmp, webp, jpg")
-    p.add_argument("--model", action="append", dest="models", metavar="KERAS",
-                   help="a codec .keras file of your own that wrote some of the files (repeatable)")
-    p.add_argument("--max-pixels", type=_positive_int, metavar="N",
-                   help="refuse files declaring an image of more than N pixels, before decoding anything "
-                        "(default 89478485, about 89.5 Mpixel: Pillow's limit; a 200 KB file can declare 8192 x 8192)")
+    add_decompress_options(p, models_on="this machine")
     _add_folder_flags(p)
 
     t = train.add_parser(

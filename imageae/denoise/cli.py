@@ -7,7 +7,9 @@ import sys
 from imageae.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
-    _add_runtime_flags,
+    _add_device_flag,
+    _add_folder_flags,
+    _add_precision_flag,
     _add_training_flags,
     _check_learning_rates,
     _configure_device,
@@ -77,6 +79,26 @@ def _quality(text):
     return value
 
 
+def add_denoise_options(p, *, models_on):
+    """The denoise job's own options, for ``imageae denoise`` and ``imageae beam denoise``
+    (``models_on``: where a .keras path given to --model must be readable)."""
+    p.add_argument("--model", default="auto",
+                   help="auto (grey model for grey images, colour model for colour), a name from "
+                        f"'imageae models', or a .keras or exported .tflite path readable on {models_on} (default: auto)")
+    p.add_argument("--strength", default="auto",
+                   help="noise level to remove, 0..255 scale (about 2-8 for camera photos, 15-50 for heavy noise), "
+                        "or auto: estimated per image, at least the model's floor (8 for denoise-colour). Only for "
+                        "models that take a level, such as the colour default denoise-colour (default: auto)")
+    p.add_argument("--ext", help="output format by extension: png, jpg, webp, tif, bmp (default: keep the input's)")
+    p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality when writing those (default: 95)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per model call (default: 4)")
+    p.add_argument("--tile", type=_positive_int, default=1024,
+                   help="tile size in pixels; larger images run as overlapping tiles, seamlessly (default: 1024)")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="average over the 8 flips and rotations of each image: 8x slower, about +0.1-0.2 dB")
+    _add_precision_flag(p)
+
+
 def register(commands, train):
     """Add ``denoise`` and ``train denoiser``; their handlers by command."""
     p = commands.add_parser(
@@ -85,27 +107,9 @@ def register(commands, train):
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
     p.add_argument("-o", "--output", required=True, help="output folder (created; mirrors the input tree)")
-    p.add_argument("--model", default="auto",
-                   help="auto (grey model for grey images, colour model for colour), a name from "
-                        "'imageae models', or a .keras path (default: auto)")
-    p.add_argument("--strength", default="auto",
-                   help="noise level to remove, 0..255 scale (about 2-8 for camera photos, 15-50 for heavy noise), "
-                        "or auto: estimated per image, at least the model's floor (8 for denoise-colour). Only for "
-                        "models that take a level, such as the colour default denoise-colour (default: auto)")
-    p.add_argument("--ext", help="output format by extension: png, jpg, webp, tif, bmp (default: keep the input's)")
-    p.add_argument("--quality", type=_quality, default=95, help="JPEG/WebP quality when writing those (default: 95)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--skip-existing", dest="overwrite", action="store_false", default=False,
-                       help="keep outputs that already exist (default)")
-    group.add_argument("--overwrite", dest="overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="tiles per model call (default: 4)")
-    p.add_argument("--tile", type=_positive_int, default=1024,
-                   help="tile size in pixels; larger images run as overlapping tiles, seamlessly (default: 1024)")
-    p.add_argument("--progress", choices=["auto", "on", "off"], default="auto",
-                   help="progress bar with images/s (auto: only on a terminal)")
-    p.add_argument("--self-ensemble", action="store_true",
-                   help="average over the 8 flips and rotations of each image: 8x slower, about +0.1-0.2 dB")
-    _add_runtime_flags(p)
+    add_denoise_options(p, models_on="this machine")
+    _add_folder_flags(p)
+    _add_device_flag(p)
 
     t = train.add_parser(
         "denoiser", help="a denoiser (Gaussian or camera noise)", description="Train or fine-tune a denoiser.",
