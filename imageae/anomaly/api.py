@@ -119,7 +119,8 @@ class AnomalyDetector:
         x = np.stack([to_model_input(image, m.image_size, m.channels) for image in images]) if len(images) else \
             np.zeros((0, m.image_size, m.image_size, m.channels), np.float32)
         cal = m.calibration
-        raw, maps, _ = raw_terms(m, x, batch_size=self.batch_size, latent=cal.get("latent"), terms=tuple(cal["terms"]))
+        raw, maps, _ = raw_terms(m, x, batch_size=self.batch_size, latent=cal.get("latent"), terms=tuple(cal["terms"]),
+                                  pixel_error=cal.get("pixel_error"))
         scores = combine(raw, cal)
         heat = sum(maps[t] / cal["map_scale"][t] for t in cal["map_terms"])
         return np.asarray(scores, np.float64), np.asarray(heat, np.float32)
@@ -215,7 +216,7 @@ def score_folder(inputs, output_dir, *, model, batch_size=64, heatmaps=True, ove
     import io
     import json
 
-    from imageae.data.io import DecodedImage, write_bytes_atomic, write_image
+    from imageae.data.io import write_bytes_atomic
     from imageae.pipelines.folder import FolderReport, decoded_images, ensure_output_dir, plan_outputs, running_job
 
     detector = model if isinstance(model, AnomalyDetector) else AnomalyDetector(model, batch_size=batch_size)
@@ -231,8 +232,15 @@ def score_folder(inputs, output_dir, *, model, batch_size=64, heatmaps=True, ove
     pending = []
 
     def write_heatmap(target, image, heat):  # on the writer's threads, beside the next batch's scoring
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_image(target, DecodedImage(overlay(image, heat), None, 8, "PNG"), fmt="PNG")
+        import cv2
+
+        # PNG at zlib level 1 through OpenCV: 19 ms for a 300x300 overlay instead of Pillow's
+        # 105 ms at level 6, for files about 15 % larger (heat maps are previews, not archives).
+        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(overlay(image, heat)[..., ::-1]),
+                                   [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise OSError("OpenCV could not encode the heat map as PNG")
+        write_bytes_atomic(target, encoded.tobytes())
 
     def flush(writer):
         scores, maps = detector.score([x for _, x in pending])

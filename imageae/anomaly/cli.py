@@ -94,6 +94,10 @@ def _add_train_arguments(t):
                    help="contractive autoencoder: weight of the encoder Jacobian's squared Frobenius norm, "
                         "estimated by random finite differences (default: 0, off)")
     t.add_argument("--patience", type=_positive_int, default=15, help="early-stopping patience in epochs (default: 15)")
+    t.add_argument("--tune", type=_positive_int, default=0, metavar="TRIALS",
+                   help="first search code size, filters, learning rate and regulariser weights with KerasTuner "
+                        "(TRIALS short runs sharing half of --steps/--max-minutes, scored on the validation split), "
+                        "then train with the chosen values; needs the 'tune' extra (default: off)")
     _add_training_flags(t, "checkpoints and the CSV history")
 
 
@@ -157,7 +161,7 @@ def _cmd_train_anomaly(args):
         sparsity=args.sparsity, sparsity_weight=args.sparsity_weight if args.sparsity != "none" else 0.0,
         sparsity_target=args.sparsity_target, contractive_weight=args.contractive, patience_epochs=args.patience,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, seed=args.seed, precision=args.precision,
-        max_seconds=60.0 * args.max_minutes,
+        max_seconds=60.0 * args.max_minutes, tune_trials=args.tune,
     )
     path = train_anomaly(config, progress=sys.stdout.isatty())
     print(f"wrote {path} and its model card {path.with_suffix('.json')}")

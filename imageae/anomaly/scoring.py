@@ -3,7 +3,7 @@ and how they combine (see :mod:`imageae.anomaly.api` for what the scores mean)."
 
 import numpy as np
 
-PIXEL_TERMS = ("l2", "ssim", "l2max")
+PIXEL_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax")
 TERMS = PIXEL_TERMS + ("latent",)
 DEFAULT_SCORING = "ssim+latent"
 
@@ -72,12 +72,13 @@ def _ssim_window(size):
     return 7 if size < 64 else 11  # 11 x 11 as in AE-SSIM for larger images; 7 for digits
 
 
-def raw_terms(model, x, *, batch_size=64, latent=None, terms=TERMS):
+def raw_terms(model, x, *, batch_size=64, latent=None, terms=TERMS, pixel_error=None):
     """Per image, each term's raw score, and the pixel error maps, for a float (N, S, S, C) batch.
 
     Returns ``(terms, maps, codes)``: ``terms[name]`` float64 (N,); ``maps[name]`` float32
     (N, S, S) for the pixel terms; the codes (N, code_size). ``latent`` is the fitted Gaussian
-    (``mean``, ``precision``) or None. Only the ``terms`` asked for (and "l2", which the heat
+    (``mean``, ``precision``) or None; ``pixel_error`` the per-pixel error ``mean`` and ``std``
+    (S x S nested lists) that the zmax term needs. Only the ``terms`` asked for (and "l2", which the heat
     maps use) are computed: the SSIM map is the costliest part of scoring.
     """
     recon, codes = [], []
@@ -98,6 +99,21 @@ def raw_terms(model, x, *, batch_size=64, latent=None, terms=TERMS):
         # 64), for defects that are small against the image, whose mean error they barely move.
         local = gaussian_blur(maps["l2"][..., None], sigma=model.image_size / 32.0)[..., 0]
         terms["l2max"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+    if "l2wide" in wanted:
+        # The same at sigma = side / 16 (4 pixels at 64): defects a few times larger, such as the
+        # dark (inactive) regions of solar cells.
+        local = gaussian_blur(maps["l2"][..., None], sigma=model.image_size / 16.0)[..., 0]
+        terms["l2wide"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+    if "zmax" in wanted:
+        # Each pixel's squared error standardised by that pixel's error mean and spread on the
+        # training images (some places, such as edges and busbars, always reconstruct worse),
+        # then the largest local mean as for l2max: the standardised error map of MVTec-style
+        # inspection.
+        if pixel_error is None:
+            raise ValueError("the zmax term needs the per-pixel error statistics of a calibration (pixel_error)")
+        z = (maps["l2"] - np.asarray(pixel_error["mean"], np.float32)) / np.asarray(pixel_error["std"], np.float32)
+        local = gaussian_blur(z[..., None], sigma=model.image_size / 32.0)[..., 0]
+        terms["zmax"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
     if latent is not None and "latent" in wanted:
         d = code.astype(np.float64) - np.asarray(latent["mean"])
         terms["latent"] = np.einsum("ij,jk,ik->i", d, np.asarray(latent["precision"]), d)
@@ -134,21 +150,41 @@ def fit_latent_gaussian(codes, *, shrinkage=1e-3):
     return {"mean": mean.tolist(), "precision": np.linalg.inv(cov).tolist()}
 
 
+def pixel_error_statistics(errors):
+    """Mean and spread of each pixel's squared error over (N, S, S) error maps of normal images,
+    the spread blurred a little (sigma 1 pixel) and floored at a tenth of its median, so that a
+    pixel that happened to reconstruct well on every training image cannot dominate the zmax map."""
+    errors = np.asarray(errors, np.float32)
+    mean = errors.mean(axis=0)
+    std = gaussian_blur(errors.std(axis=0)[None, ..., None], sigma=1.0)[0, ..., 0]
+    std = np.maximum(std, 0.1 * float(np.median(std)) + 1e-12)
+    return {"mean": np.round(mean, 8).tolist(), "std": np.round(std, 8).tolist()}
+
+
 def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_rate=0.01, batch_size=64):
     """The ``calibration`` dict of a trained autoencoder, from its training images (the latent
     Gaussian) and held-out normal images (score statistics and threshold); arrays (N, S, S, C)."""
     terms = parse_scoring(scoring)
     if not 0.0 < false_positive_rate < 1.0:
         raise ValueError(f"false_positive_rate must be between 0 and 1 (e.g. 0.01 for 1 %), got {false_positive_rate}")
-    latent = None
-    if "latent" in terms:
-        codes = np.concatenate([_forward(model, np.ascontiguousarray(x_train[i : i + batch_size], np.float32))[0]
-                                for i in range(0, len(x_train), batch_size)])
-        latent = fit_latent_gaussian(codes)
-    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, latent=latent, terms=terms)
+    latent = pixel_error = None
+    if "latent" in terms or "zmax" in terms:
+        codes, errors = [], []
+        for i in range(0, len(x_train), batch_size):
+            batch = np.ascontiguousarray(x_train[i : i + batch_size], np.float32)
+            code, x_hat = _forward(model, batch)
+            codes.append(code)
+            errors.append(np.mean((x_hat - batch) ** 2, axis=-1))
+        if "latent" in terms:
+            latent = fit_latent_gaussian(np.concatenate(codes))
+        if "zmax" in terms:
+            pixel_error = pixel_error_statistics(np.concatenate(errors))
+    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, latent=latent, terms=terms, pixel_error=pixel_error)
     stats = {name: {"mean": float(raw[name].mean()), "std": float(max(raw[name].std(), 1e-12))} for name in terms}
     calibration = {"scoring": "+".join(terms), "terms": stats, "latent": latent,
                    "ssim_window": _ssim_window(model.image_size)}
+    if pixel_error is not None:
+        calibration["pixel_error"] = pixel_error
     scores = combine(raw, calibration)
     # The heat map is the squared error whatever the score: the local SSIM of flat, noisy
     # regions (a dark background) is unstable and lit up whole backgrounds in the tests.
@@ -171,3 +207,52 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
 def combine(raw, calibration):
     """The anomaly score: the sum of the standardised terms of ``calibration['scoring']``."""
     return sum((raw[name] - stat["mean"]) / stat["std"] for name, stat in calibration["terms"].items())
+
+
+def synthetic_defects(x, *, seed=0):
+    """Copies of normal float (N, S, S, C) images on 0..1, each with one drawn defect: a line
+    (a crack, odd images) or a filled ellipse (a dead region, even images), drawn part of the way
+    to the intensity opposite to the image's median (towards black on bright images, towards white
+    on dark ones such as digits).
+
+    They stand in for anomalies where only normal images are known: ``imageae train anomaly
+    --tune`` ranks its trials by how well each model's score separates the held-out normal
+    images from these copies (see :func:`auroc`).
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, np.float32)
+    out = x.copy()
+    side = x.shape[1]
+    for k in range(len(out)):
+        mask = np.zeros(x.shape[1:3], np.uint8)
+        if k % 2:
+            ends = rng.integers(0, side, 4)
+            cv2.line(mask, (int(ends[0]), int(ends[1])), (int(ends[2]), int(ends[3])), 1, thickness=max(1, side // 32))
+        else:
+            centre = rng.integers(side // 4, max(side // 4 + 1, 3 * side // 4), 2)
+            axes = rng.integers(max(1, side // 16), max(2, side // 5), 2)
+            cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (int(axes[0]), int(axes[1])),
+                        float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        # Part of the way to black or white (a strength from 0.15 to 0.6), so that the defects are
+        # not all trivially found and the trials' AUROCs do not all reach 1.
+        target = 0.0 if np.median(x[k]) > 0.25 else 1.0
+        strength = float(rng.uniform(0.15, 0.6))
+        region = mask.astype(bool)
+        out[k][region] = (1.0 - strength) * out[k][region] + strength * target
+    return out
+
+
+def auroc(normal, anomalous):
+    """Area under the ROC curve of scores (higher = anomalous): the probability that an
+    anomalous image scores above a normal one, ties counted half (Mann-Whitney U)."""
+    normal, anomalous = np.asarray(normal, np.float64), np.asarray(anomalous, np.float64)
+    if not len(normal) or not len(anomalous):
+        return float("nan")
+    both = np.r_[normal, anomalous]
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # tied scores share their mean rank
+    ranks = average_rank[inverse]
+    n, m = len(normal), len(anomalous)
+    return float((ranks[n:].sum() - m * (m + 1) / 2.0) / (n * m))

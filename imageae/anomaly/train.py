@@ -67,6 +67,7 @@ class AnomalyTrainConfig:
     seed: int = 0
     workers: int = 1
     max_seconds: float = 0.0  # stop after this much training time (0: no limit)
+    tune_trials: int = 0  # --tune: KerasTuner trials before the final run (0: no search)
 
     @property
     def patch_size(self):  # RandomCrops cuts patch_size squares: here the whole resized image
@@ -170,7 +171,104 @@ def fit_autoencoder(images, config, *, checkpoint_dir, resuming=False, output=No
     model.calibration = calibrate(model, x_train, x_val, scoring=config.scoring,
                                   false_positive_rate=config.false_positive_rate)
     return model, {"run": run, "config": config, "images": len(x_train), "validation_images": len(x_val),
-                   "policy": policy, "train_indices": train_order, "validation_indices": val_order}
+                   "policy": policy, "train_indices": train_order, "validation_indices": val_order,
+                   "x_val": x_val}
+
+
+# --tune's search space: small on purpose (each trial is a short training run on the CPU).
+TUNE_SPACE = {
+    "code_size": [16, 32, 64],
+    "base_filters": [8, 16, 32],  # channels of the first level, doubled at each further level
+    "learning_rate": [3e-4, 1e-3, 3e-3],
+    "sparsity_weight": [0.0, 1e-4, 1e-3],  # L1 on the code (0: off)
+    "contractive_weight": [0.0, 1e-3, 1e-2],
+}
+
+
+def _import_keras_tuner():
+    try:
+        import keras_tuner
+    except ImportError as error:
+        raise RuntimeError(f"--tune needs KerasTuner: pip install 'imageae[tune]' (keras-tuner; {error})") from None
+    return keras_tuner
+
+
+def _with_hyperparameters(config, values, size):
+    levels = len(config.filters) if config.filters else _levels(size)
+    return dataclasses.replace(
+        config, code_size=int(values["code_size"]),
+        filters=tuple(int(values["base_filters"]) * 2**i for i in range(levels)),
+        learning_rate=float(values["learning_rate"]),
+        sparsity="l1" if values["sparsity_weight"] > 0 else "none", sparsity_weight=float(values["sparsity_weight"]),
+        contractive_weight=float(values["contractive_weight"]))
+
+
+def validation_objective(model, x_val, *, seed=0):
+    """How a trial is scored: the AUROC of its detector's scores (the run's ``scoring``) on the
+    held-out normal images against copies of them with a drawn defect
+    (:func:`imageae.anomaly.scoring.synthetic_defects`), and their mean squared error."""
+    from imageae.anomaly.scoring import auroc, combine, raw_terms, synthetic_defects
+
+    cal = model.calibration
+    given = {"latent": cal.get("latent"), "terms": tuple(cal["terms"]), "pixel_error": cal.get("pixel_error")}
+    normal, _, _ = raw_terms(model, x_val, **given)
+    defective, _, _ = raw_terms(model, synthetic_defects(x_val, seed=seed), **given)
+
+    return {"val_auroc_synthetic": auroc(combine(normal, cal), combine(defective, cal)),
+            "val_mse": float(normal["l2"].mean())}
+
+
+def tune_hyperparameters(images, config, trials, *, directory, progress=False):
+    """A KerasTuner random search of :data:`TUNE_SPACE` on ``images``: ``trials`` short runs of
+    the recipe, each with ``config``'s steps and time budget split over twice the trials (half
+    of the budget is left for the final run), scored on the run's validation split by
+    :func:`validation_objective` (higher synthetic-defect AUROC wins; lower MSE breaks ties).
+
+    Returns ``(chosen, table)``: the winning values (a dict over :data:`TUNE_SPACE`) and one row
+    per trial (its values, objective, steps and seconds), best first.
+    """
+    import time
+    from pathlib import Path
+
+    keras_tuner = _import_keras_tuner()
+    size = config.size or auto_size(images)
+    share = 2 * trials
+    trial_config = dataclasses.replace(
+        config, size=size, steps=max(1, config.steps // share),
+        steps_per_epoch=max(1, min(config.steps_per_epoch, config.steps // share)),
+        max_seconds=config.max_seconds / share if config.max_seconds else 0.0)
+    rows = []
+
+    class _Search(keras_tuner.engine.base_tuner.BaseTuner):
+        def run_trial(self, trial, *args, **kwargs):
+            values = {name: trial.hyperparameters.get(name) for name in TUNE_SPACE}
+            run_config = _with_hyperparameters(trial_config, values, size)
+            start = time.perf_counter()
+            model, info = fit_autoencoder(images, run_config, checkpoint_dir=Path(directory) / f"trial-{trial.trial_id}",
+                                          progress=progress)
+            result = validation_objective(model, info["x_val"], seed=config.seed)
+            rows.append({"trial": trial.trial_id, **values, **{k: round(v, 5) for k, v in result.items()},
+                         "steps": info["run"]["stopped"]["steps_done"],
+                         "seconds": round(time.perf_counter() - start, 1)})
+            # One number for the oracle: the AUROC, with the MSE (well under 1e-3 of it) breaking ties.
+            return {"objective": result["val_auroc_synthetic"] - 1e-3 * min(result["val_mse"], 1.0)}
+
+    space = keras_tuner.HyperParameters()
+    for name, choices in TUNE_SPACE.items():
+        space.Choice(name, choices)
+    oracle = keras_tuner.oracles.RandomSearchOracle(
+        objective=keras_tuner.Objective("objective", direction="max"), max_trials=trials, seed=config.seed,
+        hyperparameters=space, max_consecutive_failed_trials=1)
+    search = _Search(oracle, directory=str(directory), project_name="search", overwrite=True)
+    print(f"--tune: {trials} trial(s) of {trial_config.steps} steps"
+          + (f" or {trial_config.max_seconds / 60:.2g} min" if trial_config.max_seconds else "")
+          + " each, scored on the validation split", flush=True)
+    search.search(verbose=0)
+    if not rows:
+        raise RuntimeError("--tune: no trial finished (see the messages above)")
+    rows.sort(key=lambda r: (-r["val_auroc_synthetic"], r["val_mse"]))
+    chosen = {name: rows[0][name] for name in TUNE_SPACE}
+    return chosen, rows
 
 
 def train_anomaly(config, *, progress=True, licence=None):
@@ -179,13 +277,42 @@ def train_anomaly(config, *, progress=True, licence=None):
     output = _check_output(config.output)
     _check_options(config)
     checkpoint_dir, resuming = _open_checkpoint_dir(config, output)
+    if config.tune_trials:
+        _import_keras_tuner()  # before loading images: say at once that the extra is missing
+        if resuming:
+            raise ValueError("--tune cannot be combined with --resume: resume the final run without --tune, with "
+                             "the chosen values from the model card's 'tuning' section")
     images = load_training_images(config.data, config.channels)
     if len(images) < 2:
         raise ValueError(f"found {len(images)} image in {', '.join(map(str, config.data))}: an anomaly detector "
                          "needs at least 2 normal images (some are held out to set the threshold), ideally hundreds")
+    tuning = None
+    if config.tune_trials:
+        import time
+
+        start = time.perf_counter()
+        chosen, table = tune_hyperparameters(images, config, config.tune_trials, directory=checkpoint_dir / "tune",
+                                             progress=progress)
+        spent = time.perf_counter() - start
+        size = config.size or auto_size(images)
+        config = dataclasses.replace(_with_hyperparameters(config, chosen, size),
+                                     max_seconds=round(max(60.0, config.max_seconds - spent)) if config.max_seconds else 0.0)
+        tuning = {"trials": config.tune_trials, "chosen": chosen, "search_seconds": round(spent, 1),
+                  "space": TUNE_SPACE, "method": "KerasTuner RandomSearchOracle (keras-tuner), seeded with --seed",
+                  "objective": "AUROC of the detector's score on the validation split's normal images against copies "
+                               "of them with one drawn defect (a line or an ellipse), higher is better; "
+                               "validation MSE breaks ties",
+                  "budget": "each trial: the steps and --max-minutes split over 2 x trials; the final run: the rest "
+                            "(at least 1 min)",
+                  "table": table}
+        print("--tune chose " + ", ".join(f"{k}={v:g}" for k, v in chosen.items()), flush=True)
     model, info = fit_autoencoder(images, config, checkpoint_dir=checkpoint_dir, resuming=resuming, output=output,
                                   progress=progress)
     config, run, cal = info["config"], info["run"], model.calibration
+    # The card's own calibration section leaves out the arrays (the latent Gaussian, the per-pixel
+    # error statistics); its architecture section holds the whole calibration, as the model does
+    # (imageae.anomaly.litert recognises the shipped detector by it).
+    brief = {k: v for k, v in cal.items() if k not in ("latent", "pixel_error")}
     _ship(model, output, checkpoint_dir, job="anomaly", curve_metric="val_loss", card={
         "training": {
             "data": [str(d) for d in config.data],
@@ -204,12 +331,13 @@ def train_anomaly(config, *, progress=True, licence=None):
             "wall_time_seconds": round(run["wall"] + run["previous_wall"], 1),
             "config": _plain(dataclasses.asdict(config)),
         },
-        "calibration": {k: v for k, v in cal.items() if k != "latent"},
+        "calibration": brief,
         "metrics": {
             "validation": f"{info['validation_images']} held-out normal images: the threshold is the "
                           f"{100 * (1 - cal['false_positive_rate']):g}th percentile of their scores",
             "validation_scores": cal["validation_scores"],
         },
         **({"licence": licence} if licence else {}),
+        **({"tuning": tuning} if tuning else {}),
     })
     return _finish(output, run)
