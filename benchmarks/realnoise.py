@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 from common import REPO, Timer, git_commit
-from denoise import NLM_WINDOWS, read_image, run_nlm, to_uint8
+from denoise import NLM_WINDOWS, read_image, run_bm3d, run_nlm, to_uint8
 
 from imageae.denoise.train import find_pairs
 
@@ -87,7 +87,14 @@ def true_sigma(noisy, clean):
 def skimage_sigma(noisy):
     from skimage.restoration import estimate_sigma
 
+    if noisy.ndim == 2:
+        return float(estimate_sigma(noisy.astype(np.float64)))
     return float(estimate_sigma(noisy.astype(np.float64), channel_axis=-1, average_sigmas=True))
+
+
+#: 3, or 1 with --grey: the pairs are read as grey (Pillow's "L": ITU-R 601 luma), as a scan or a
+#: black-and-white conversion of a camera JPEG would be.
+CHANNELS = 3
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,12 +129,17 @@ def noise_level_estimator(model):
     try:
         from imageae.denoise.api import Denoiser, estimate_noise_level
 
-        runner = Denoiser(model).runner(3)
+        runner = Denoiser(model).runner(CHANNELS)
     except (ImportError, ValueError, FileNotFoundError):
         return None
     if not getattr(getattr(runner, "model", None), "noise_level", False):
         return None
-    return lambda noisy: 255.0 * float(estimate_noise_level(runner.model, noisy.astype(np.float32) / 255.0))
+    def level(noisy):
+        x = noisy.astype(np.float32) / 255.0
+        x = np.repeat(x[..., None], runner.channels, axis=-1) if x.ndim == 2 else x  # as the API runs grey
+        return 255.0 * float(estimate_noise_level(runner.model, x))
+
+    return level
 
 
 def model_label(model):
@@ -137,7 +149,7 @@ def model_label(model):
     try:
         from imageae.denoise.api import _pick_model
 
-        return f"auto ({_pick_model('auto', 3)})"
+        return f"auto ({_pick_model('auto', CHANNELS)})"
     except (ImportError, AttributeError, ValueError):  # the private helper moved: the label only loses its detail
         return "auto"
 
@@ -169,7 +181,7 @@ def evaluate(args, pairs, bar):
     tuning = spread(min(TUNING_PAIRS, max(n - 1, 1)), n)
     test = [i for i in range(n) if i not in tuning]
     bm3d_subset = spread(args.bm3d_limit, n, exclude=tuning) if args.bm3d_limit else []
-    images = [(read_image(noisy, 3), read_image(mean, 3)) for _, noisy, mean in pairs]
+    images = [(read_image(noisy, CHANNELS), read_image(mean, CHANNELS)) for _, noisy, mean in pairs]
     crops, records = [], []
 
     def record(i, method, result, **extra):
@@ -222,7 +234,7 @@ def evaluate(args, pairs, bar):
             sigma = crops[-1]["skimage_sigma"]
             bar.set_postfix_str(f"{name} BM3D sigma={sigma:.2f} (minutes)")
             with Timer() as t:
-                result = run_bm3d_rgb(z, sigma, threads=args.threads)
+                result = run_bm3d_rgb(z, sigma, threads=args.threads) if z.ndim == 3 else run_bm3d(z, sigma)
             record(i, "BM3D", result, sigma=sigma, seconds=t.seconds)
         bar.update(1)
     return {"supported": supported, "default": default, "skipped": skipped, "tuning": tuning, "test": test, "bm3d_subset": bm3d_subset,
@@ -500,9 +512,10 @@ def plot_example(result, pairs, path, *, size=160):
     ours, nlm = per_index(run["records"], "imageae", model=model), per_index(run["records"], "NLM")
     test = sorted(run["test"], key=lambda i: ours[i] - nlm[i])
     i = test[len(test) // 2]
-    noisy, clean = read_image(pairs[i][1], 3), read_image(pairs[i][2], 3)
+    noisy, clean = read_image(pairs[i][1], CHANNELS), read_image(pairs[i][2], CHANNELS)
     # the size x size window with the most detail in the ground truth (where denoisers differ)
-    grad = np.abs(np.diff(clean.astype(np.float64).mean(2), axis=1))[:-1] + np.abs(np.diff(clean.astype(np.float64).mean(2), axis=0))[:, :-1]
+    luma = clean.astype(np.float64) if clean.ndim == 2 else clean.astype(np.float64).mean(2)
+    grad = np.abs(np.diff(luma, axis=1))[:-1] + np.abs(np.diff(luma, axis=0))[:, :-1]
     best, where = -1.0, (0, 0)
     for top in range(0, clean.shape[0] - size + 1, size // 4):
         for left in range(0, clean.shape[1] - size + 1, size // 4):
@@ -519,7 +532,8 @@ def plot_example(result, pairs, path, *, size=160):
 
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
     for ax, (title, image, _) in zip(axes, panels):
-        ax.imshow(image[top : top + size, left : left + size], interpolation="nearest")
+        ax.imshow(image[top : top + size, left : left + size], interpolation="nearest",
+                  **({"cmap": "gray", "vmin": 0, "vmax": 255} if image.ndim == 2 else {}))
         label = title if image is clean else f"{title}\n{psnr(clean, image):.2f} dB"
         ax.set_title(label, fontsize=8)
         ax.axis("off")
@@ -579,6 +593,9 @@ def parse_args(argv=None):
                    help="BM3D (minutes per crop here) on N test pairs spread over the set; 0 disables it (default: 8)")
     p.add_argument("--limit", type=int, default=0, help="first N pairs only, for smoke tests (default: all)")
     p.add_argument("--threads", type=int, default=1, help="TensorFlow and OpenCV threads (default: 1)")
+    p.add_argument("--grey", action="store_true",
+                   help="read the pairs as grey (luma), as scans or black-and-white photos: NLM and BM3D grey, imageae "
+                        "through the model 'auto' picks for grey (outputs named realnoise-grey[-<data folder>])")
     p.add_argument("--no-example", action="store_true", help="no before/after figure (the images stay unpublished)")
     p.add_argument("--name", default=None, help="file stem of the outputs (default: realnoise[-<data folder>])")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results",
@@ -594,7 +611,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     start = time.perf_counter()
+    global CHANNELS
     parser, args = parse_args(argv)
+    CHANNELS = 1 if args.grey else 3
     args.data = args.data.expanduser().resolve()
     if not args.data.is_dir():
         parser.error(f"--data {args.data} is not a folder; the default is PolyU-Canon at {DEFAULT_DATA}")
@@ -635,7 +654,8 @@ def main(argv=None):
         pass
     from tqdm.auto import tqdm
 
-    name = args.name or ("realnoise" if args.data == DEFAULT_DATA.resolve() else f"realnoise-{args.data.name}")
+    stem = "realnoise-grey" if args.grey else "realnoise"
+    name = args.name or (stem if args.data == DEFAULT_DATA.resolve() else f"{stem}-{args.data.name}")
     command = "python benchmarks/realnoise.py" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     env = environment(args.threads)

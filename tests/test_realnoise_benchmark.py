@@ -110,3 +110,26 @@ def test_a_noisy_shot_without_its_mean_is_named(tmp_path):
     (folder / "CamA_1_mean.png").unlink()
     with pytest.raises(FileNotFoundError, match="CamA_1_real.png"):
         realnoise.find_pairs(folder)
+
+
+def test_grey_reads_the_pairs_as_grey_and_names_the_outputs_so(tmp_path, monkeypatch):
+    import imageae
+
+    shapes = []
+
+    def spy(image, **kwargs):
+        shapes.append(np.asarray(image).shape)
+        return _with_strength(image, **kwargs)
+
+    monkeypatch.setattr(imageae, "denoise", spy)
+    monkeypatch.setattr(realnoise, "noise_level_estimator", lambda model: None)
+    data, out = _pairs(tmp_path / "pairs"), tmp_path / "out"
+    assert realnoise.main(["--grey", "--data", str(data), "--out", str(out), "--bm3d-limit", "0", "--nlm-h", "3",
+                           "--strengths", "2", "--models", "denoise-colour"]) == 0
+    assert shapes and all(len(s) == 2 for s in shapes)  # grey images, as a scan would be read
+    run = json.loads((out / "realnoise-grey-pairs.json").read_text())["run"]
+    assert {r["method"] for r in run["records"]} >= {"input", "imageae", "NLM"}
+    assert (out / "realnoise-grey-pairs_example.png").stat().st_size > 0
+    assert realnoise.main(["--data", str(data), "--out", str(out), "--bm3d-limit", "0", "--nlm-h", "3",
+                           "--strengths", "2", "--models", "denoise-colour", "--no-example"]) == 0
+    assert len(shapes[-1]) == 3  # the next run without --grey reads colour again
