@@ -14,8 +14,16 @@ image. The decision threshold is the ``1 - false_positive_rate`` quantile of the
 normal images' scores. All of it (scoring, statistics, threshold, latent Gaussian) is stored
 in the model's ``calibration``, so one .keras file is the whole detector.
 
-Images of any size are resized to the model's side (each image is one object: a cell, a part,
-a digit); the heat map is the pixel error map brought back to the image's own size.
+Images of about the training images' size are resized to the model's side (each image is one
+object: a cell, a part, a digit); the heat map is the pixel error map brought back to the
+image's own size. Images at least 1.5 times larger than the training images are scored in
+windows of the training images' size (see :meth:`AnomalyDetector.score`).
+
+Score terms (:mod:`imageae.anomaly.scoring`): ``l2`` (mean squared error), ``ssim``, ``l2max``
+and ``l2wide`` (the largest local mean of the squared error, Gaussian sigma side/32 and
+side/16: defects small against the image), ``zmax`` (the squared error standardised pixel by
+pixel by its mean and spread on the training images, then its largest local mean: places the
+model always reconstructs badly stop dominating) and ``latent``.
 """
 
 from pathlib import Path
@@ -125,7 +133,7 @@ class AnomalyDetector:
         heat = sum(maps[t] / cal["map_scale"][t] for t in cal["map_terms"])
         return np.asarray(scores, np.float64), np.asarray(heat, np.float32)
 
-    def score(self, images):
+    def score(self, images, *, tile="auto"):
         """Anomaly scores and error maps.
 
         Parameters
@@ -133,6 +141,14 @@ class AnomalyDetector:
         images : sequence of numpy.ndarray or PIL.Image.Image
             (H, W) or (H, W, C) images, uint8, uint16 or float on 0..1, of any sizes (a
             single image counts as a sequence of one only when passed in a list).
+        tile : {"auto", False}
+            "auto": an image with a side at least 1.5 times the training images' (``source_side``
+            in the calibration, recorded since the tiled scoring came in) is cut into windows
+            of the training images' size side by side (:func:`tile_windows`), each scored as one image; its score
+            is the highest window's and its map the highest error over the windows, so a
+            defect keeps the scale the model learned instead of being shrunk with the whole
+            image. Note that the threshold is per window: a large normal image has more
+            chances to cross it. False: every image is resized to the model's side.
 
         Returns
         -------
@@ -147,11 +163,37 @@ class AnomalyDetector:
         if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[-1] in (1, 2, 3, 4)):
             raise ValueError(f"score takes a sequence of images; got one array of shape {images.shape}: "
                              "pass [image] (or a stacked (N, H, W[, C]) array)")
+        if tile not in ("auto", False):
+            raise ValueError(f"tile must be 'auto' or False, got {tile!r}")
         arrays = [_float_image(image, k) for k, image in enumerate(images)]
-        scores, heat = self.score_arrays(arrays)
+        source = self.calibration.get("source_side") if tile == "auto" else None
+        pieces, owners = [], []  # the model's inputs, and for each its (image, top, left, side) or (image,)
+        for k, a in enumerate(arrays):
+            if source and max(a.shape[:2]) >= 1.5 * source:
+                side = int(min(source, a.shape[0], a.shape[1]))
+                for top, left in tile_windows(a.shape[:2], side):
+                    pieces.append(a[top : top + side, left : left + side])
+                    owners.append((k, top, left, side))
+            else:
+                pieces.append(a)
+                owners.append((k,))
+        piece_scores, heat = self.score_arrays(pieces)
         high = self.calibration["map_high"]
-        maps = [cv2.resize(h / high, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_LINEAR)
-                if h.shape != a.shape[:2] else h / high for h, a in zip(heat, arrays)]
+        scores = np.full(len(arrays), -np.inf)
+        maps = [None] * len(arrays)
+        for owner, s, h in zip(owners, piece_scores, heat):
+            k = owner[0]
+            scores[k] = max(scores[k], s)
+            if len(owner) == 1:
+                a = arrays[k]
+                maps[k] = cv2.resize(h / high, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_LINEAR) \
+                    if h.shape != a.shape[:2] else h / high
+            else:
+                _, top, left, side = owner
+                if maps[k] is None:
+                    maps[k] = np.zeros(arrays[k].shape[:2], np.float32)
+                window = maps[k][top : top + side, left : left + side]
+                np.maximum(window, cv2.resize(h / high, (side, side), interpolation=cv2.INTER_LINEAR), out=window)
         return scores, maps
 
     def predict(self, images):
@@ -176,6 +218,21 @@ class AnomalyDetector:
     def load(cls, path, **kwargs):
         """The detector saved at ``path`` (or a registered name)."""
         return cls(str(path), **kwargs)
+
+
+def tile_windows(shape, side):
+    """Top-left corners of ``side`` x ``side`` windows that cover an (H, W) image side by side
+    from the top-left corner (the last row and column of windows end at the edge, overlapping
+    their neighbours). Not overlapping by half, as the other jobs' tiles do: a detector of
+    whole objects (cells, parts) sees normal inputs only in windows on the objects' grid, and a
+    window straddling four cells scored as an anomaly in the tests."""
+
+    def starts(length):
+        if length <= side:
+            return [0]
+        return sorted(set(range(0, length - side, side)) | {length - side})
+
+    return [(top, left) for top in starts(shape[0]) for left in starts(shape[1])]
 
 
 def _float_image(image, index):

@@ -24,7 +24,9 @@ Writes report/scores.csv (path,score,anomalous: higher scores are more anomalous
 typical normal image, anomalous=1 above the threshold the model was calibrated with),
 report/summary.json (counts, threshold, failures) and report/heatmaps/<input tree>/<name>.png:
 each image in grey with its reconstruction error in colour over it. Every image is resized to
-the model's side for scoring and the heat map is brought back to the image's size. Flagged
+the model's side for scoring and the heat map is brought back to the image's size; images at
+least 1.5x the training images' side are scored in windows of that side, side by side
+(score: the highest window's; the threshold is per window). Flagged
 images are results, not errors: the exit code is 0 unless files could not be read (then 1,
 each named with the reason).
 """
@@ -83,8 +85,10 @@ def _add_train_arguments(t):
     t.add_argument("--false-positive-rate", type=_fraction, default=0.01,
                    help="share of normal images the threshold may flag (default: 0.01, 1 %%)")
     t.add_argument("--scoring", default=None,
-                   help="score terms joined by '+': l2 (squared error), ssim (1 - local SSIM), latent (Mahalanobis "
-                        "distance of the code) (default: the benchmarks' winner, see the README)")
+                   help="score terms joined by '+': l2 (squared error), ssim (1 - local SSIM), l2max / l2wide "
+                        "(largest local mean of the squared error, fine / coarse), zmax (the same on the error "
+                        "standardised per pixel), latent (Mahalanobis distance of the code) (default: ssim+latent; "
+                        "see the README)")
     t.add_argument("--sparsity", choices=["none", "l1", "kl"], default="none",
                    help="sparse autoencoder: L1 on the code, or KL divergence of the mean sigmoid(code) from "
                         "--sparsity-target (default: none)")

@@ -170,6 +170,8 @@ def fit_autoencoder(images, config, *, checkpoint_dir, resuming=False, output=No
     model = _best_float32(model, checkpoint_dir)
     model.calibration = calibrate(model, x_train, x_val, scoring=config.scoring,
                                   false_positive_rate=config.false_positive_rate)
+    # The training images' own side: larger images are scored in windows of this size (tiling).
+    model.calibration["source_side"] = int(np.median([min(image.shape[:2]) for image in images]))
     return model, {"run": run, "config": config, "images": len(x_train), "validation_images": len(x_val),
                    "policy": policy, "train_indices": train_order, "validation_indices": val_order,
                    "x_val": x_val}
