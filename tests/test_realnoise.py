@@ -374,6 +374,41 @@ def test_find_pairs_names_a_noisy_file_without_its_clean_one(tmp_path):
         find_pairs(tmp_path / "missing")
 
 
+def test_a_set_strength_on_a_grey_image_is_scaled_by_the_models_grey_gain(level_model, tmp_path):
+    import keras
+
+    import imageae
+
+    grey = _photo(40)[..., :1]
+    model = keras.saving.load_model(level_model)
+    model.grey_level_gain = 1.5
+    gained = tmp_path / "gained.keras"
+    model.save(gained)
+    assert keras.saving.load_model(gained).grey_level_gain == 1.5
+    # a grey image at strength 10 through the gained model = at 15 through the plain one
+    a = imageae.denoise(grey, model=str(gained), strength=10, precision="float32")
+    b = imageae.denoise(grey, model=level_model, strength=15, precision="float32")
+    assert a.shape == grey.shape and np.allclose(a, b, atol=1e-5)
+    # colour images are not scaled
+    colour = _photo(40)
+    assert np.allclose(imageae.denoise(colour, model=str(gained), strength=10, precision="float32"),
+                       imageae.denoise(colour, model=level_model, strength=10, precision="float32"), atol=1e-5)
+
+
+def test_calibrate_grey_gain_scores_every_gain_and_picks_the_best(level_model):
+    import keras
+
+    from imageae.denoise.train import calibrate_grey_gain
+
+    model = keras.saving.load_model(level_model)
+    images = [_photo(48)[..., :1], _photo(48)[..., 1:2]]
+    gain, table = calibrate_grey_gain(model, images, gains=(1.0, 2.0), sigmas=(20.0,))
+    assert set(table) == {1.0, 2.0} and gain == max(table, key=table.get)
+    assert model.grey_level_gain == 1.0  # left unchanged
+    with pytest.raises(ValueError, match="colour model"):
+        calibrate_grey_gain(_blind(), images)
+
+
 def test_cli_auto_strength_writes_a_calibrated_model_and_its_card(level_model, tmp_path, capsys):
     import json
 
@@ -398,3 +433,16 @@ def test_cli_auto_strength_writes_a_calibrated_model_and_its_card(level_model, t
     assert "blind denoiser" in capsys.readouterr().err
     assert main(["train", "auto-strength", level_model, "--pairs", str(tmp_path / "pairs"), "-o", level_model]) == 2
     assert "is the model being calibrated" in capsys.readouterr().err
+    assert main(["train", "auto-strength", level_model, "-o", str(tmp_path / "y.keras")]) == 2
+    assert "--grey-data" in capsys.readouterr().err
+    # --grey-data alone: the gain section, the floor left as it was
+    greys = tmp_path / "greys"
+    greys.mkdir()
+    from PIL import Image
+
+    Image.fromarray((_photo(40)[..., 0] * 255).astype(np.uint8), "L").save(greys / "g.png")
+    out2 = tmp_path / "cal" / "grey.keras"
+    assert main(["train", "auto-strength", level_model, "--grey-data", str(greys), "-o", str(out2)]) == 0
+    card2 = json.loads(out2.with_suffix(".json").read_text())
+    assert "auto_strength" not in card2 and card2["grey_strength"]["gain"] == keras.saving.load_model(out2).grey_level_gain
+    assert "chosen grey gain" in capsys.readouterr().out

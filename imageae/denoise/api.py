@@ -134,6 +134,8 @@ class Denoiser:
         if not getattr(getattr(runner, "model", None), "noise_level", False):
             return None
         if self.strength != "auto":
+            if x.shape[-1] == 1 and runner.channels == 3:  # grey noise copied into R, G and B
+                return self.strength / 255.0 * getattr(runner.model, "grey_level_gain", 1.0)
             return self.strength / 255.0
         planes = x if x.shape[-1] == runner.channels else np.repeat(x[..., :1], runner.channels, axis=-1)
         if runner.channels == 1 and x.shape[-1] != 1:

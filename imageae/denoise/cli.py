@@ -57,10 +57,12 @@ best checkpoint and early stopping. Checkpoints, a CSV history and TensorBoard l
 --checkpoint-dir (resume with --resume); the model card (.json) and a training-curve PNG go
 next to the output model.
 """
+
 _EPILOG_AUTO_STRENGTH = """\
 examples:
   imageae train auto-strength denoise-colour --pairs my_camera_pairs/ -o my-camera.keras
   imageae denoise photos/ -o clean/ --model my-camera.keras
+  imageae train auto-strength denoise-colour --grey-data ../shared/datasets/denoise/Train400 -o c.keras
 
 --strength auto estimates each image's noise level, but below a few grey levels the estimator
 cannot tell faint camera noise from fine texture, and camera noise (correlated by demosaicing
@@ -69,6 +71,11 @@ floor, chosen here as the one with the best mean PSNR over your pairs (candidate
 0..255 scale). The shipped denoise-colour's floor was calibrated this way on PolyU's Nikon D800
 pairs (see its model card). A few pairs of 512x512 crops are enough; more pairs give a steadier
 choice.
+
+--grey-data calibrates the other half of a strength's meaning: a grey image given a strength
+runs through the colour model with its grey copied into R, G and B, and noise that is the same in
+all three channels reads to the model as weaker than it is; the strength is multiplied by the
+gain (candidates 1-2) that denoises the clean grey images best at Gaussian sigma 15, 25 and 50.
 """
 
 
@@ -150,9 +157,12 @@ def register(commands, train):
         epilog=_EPILOG_AUTO_STRENGTH, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("model", help="a denoiser that takes a noise level: denoise-colour or a .keras path")
-    a.add_argument("--pairs", required=True,
+    a.add_argument("--pairs",
                    help="folder of <name>_real.<ext> (one noisy shot) and <name>_mean.<ext> (clean: the mean of "
-                        "many shots of the same static scene, or a low-ISO shot) pairs")
+                        "many shots of the same static scene, or a low-ISO shot) pairs: calibrates the auto floor")
+    a.add_argument("--grey-data",
+                   help="folder of clean images (read as grey; the first 40): calibrates how a set strength "
+                        "carries over to grey images, which run through a colour model copied into R, G and B")
     a.add_argument("-o", "--output", required=True, help="where to write the calibrated .keras model (and its card)")
     return {"denoise": _cmd_denoise, "train denoiser": _cmd_train_denoiser,
             "train auto-strength": _cmd_train_auto_strength}
@@ -167,13 +177,22 @@ def _cmd_train_auto_strength(args):
         pairs[0] += 1
         print(f"  {pairs[0]}: {name}", flush=True)
 
-    path = calibrate_auto_strength(args.model, args.pairs, args.output, progress=progress)
+    path = calibrate_auto_strength(args.model, args.output, pairs_dir=args.pairs, grey_dir=args.grey_data,
+                                   progress=progress)
     import json
 
-    section = json.loads(path.with_suffix(".json").read_text())["auto_strength"]
-    table = "  ".join(f"{f}: {v:.2f}" for f, v in section["mean_psnr_db_by_floor"].items())
-    print(f"mean PSNR (dB) by floor over {section['pair_count']} pairs: {table}")
-    print(f"chosen floor {section['floor']:g}; wrote {path} and its model card {path.with_suffix('.json')}")
+    card = json.loads(path.with_suffix(".json").read_text())
+    if args.pairs:
+        section = card["auto_strength"]
+        table = "  ".join(f"{f}: {v:.2f}" for f, v in section["mean_psnr_db_by_floor"].items())
+        print(f"mean PSNR (dB) by floor over {section['pair_count']} pairs: {table}")
+        print(f"chosen floor {section['floor']:g}")
+    if args.grey_data:
+        section = card["grey_strength"]
+        table = "  ".join(f"{g}: {v:.2f}" for g, v in section["mean_psnr_db_by_gain"].items())
+        print(f"mean PSNR (dB) by grey gain: {table}")
+        print(f"chosen grey gain {section['gain']:g}")
+    print(f"wrote {path} and its model card {path.with_suffix('.json')}")
     return EXIT_OK
 
 

@@ -386,16 +386,53 @@ def calibrate_auto_floor(model, pairs, *, floors=AUTO_FLOORS, progress=None):
     return min(f for f, v in table.items() if v == best), table, rows
 
 
-def calibrate_auto_strength(model, pairs_dir, output, *, floors=AUTO_FLOORS, progress=None):
+#: Candidate gains for :func:`calibrate_grey_gain`, and the Gaussian sigmas it scores them at.
+GREY_GAINS = (1.0, 1.2, 1.3, 1.4, 1.5, 1.6, 1.8, 2.0)
+GREY_SIGMAS = (15.0, 25.0, 50.0)
+
+
+def calibrate_grey_gain(model, images, *, gains=GREY_GAINS, sigmas=GREY_SIGMAS, seed=11, progress=None):
+    """Choose ``model.grey_level_gain`` for a colour model that takes a noise level: a grey image
+    runs through it copied into R, G and B, and the same noise in all three reads to the model as
+    weaker than independent noise of that level. Each clean grey image in ``images`` (float
+    (H, W, 1), held-out training images, never a benchmark set) gets seeded Gaussian noise at each
+    of ``sigmas`` and is denoised at ``gain * sigma`` for every gain. Returns ``(gain,
+    {gain: mean PSNR})``; ties go to the smaller gain. The model is left unchanged."""
+    from imageae.pipelines.engine import TiledRunner
+
+    if getattr(model, "channels", 0) != 3 or not getattr(model, "noise_level", False):
+        raise ValueError("the grey gain is for a colour model that takes a noise level")
+    runner = TiledRunner(model)
+    rng = np.random.default_rng(seed)
+    scores = {g: [] for g in gains}
+    for k, x in enumerate(images):
+        for sigma in sigmas:
+            noisy = x + rng.standard_normal(x.shape).astype(np.float32) * np.float32(sigma / 255.0)
+            for g in gains:
+                out = next(iter(runner.run([(0, noisy, min(1.0, g * sigma / 255.0))])))[1]
+                scores[g].append(_uint8_psnr(out, x))
+        if progress:
+            progress(f"grey image {k + 1} of {len(images)}")
+    table = {g: round(float(np.mean(v)), 4) for g, v in scores.items()}
+    best = max(table.values())
+    return min(g for g, v in table.items() if v == best), table
+
+
+def calibrate_auto_strength(model, output, *, pairs_dir=None, grey_dir=None, grey_limit=40, floors=AUTO_FLOORS,
+                            progress=None):
     """``imageae train auto-strength``: ``model`` (a name or .keras path of a denoiser that takes a
-    noise level) with its "auto" floor calibrated on the real noisy/clean pairs in ``pairs_dir``,
-    written to ``output`` (.keras) with its card (the source card plus an ``auto_strength``
-    section: the pairs, each floor's mean PSNR and the chosen one). Returns the output path."""
+    noise level) with its "auto" floor calibrated on the real noisy/clean pairs in ``pairs_dir``
+    (:func:`calibrate_auto_floor`) and/or, for a colour model, its grey gain on the first
+    ``grey_limit`` clean images of ``grey_dir`` (:func:`calibrate_grey_gain`), written to ``output``
+    (.keras) with its card (the source card plus an ``auto_strength`` and/or a ``grey_strength``
+    section with every candidate's mean PSNR). Returns the output path."""
     import imageae.models.denoiser  # noqa: F401  (registers the model class)
     from imageae import registry
-    from imageae.data.io import read_image
+    from imageae.data.io import find_images, read_image
     from imageae.training import hardware_summary
 
+    if pairs_dir is None and grey_dir is None:
+        raise ValueError("give --pairs (real noisy/clean pairs) and/or --grey-data (clean grey images)")
     output = _check_output(output)
     source = registry.resolve(model, job="denoise")
     if Path(output).resolve() == Path(source).resolve():
@@ -404,34 +441,53 @@ def calibrate_auto_strength(model, pairs_dir, output, *, floors=AUTO_FLOORS, pro
     if not getattr(loaded, "noise_level", False):
         raise ValueError(f"{model} is a blind denoiser: it has no auto strength to calibrate "
                          f"(use a model that takes a noise level, e.g. denoise-colour)")
-    pairs = []
-    for name, noisy_path, clean_path in find_pairs(pairs_dir):
-        noisy, clean = read_image(noisy_path), read_image(clean_path)
-        if noisy.pixels.shape != clean.pixels.shape:
-            raise ValueError(f"{noisy_path.name} and {clean_path.name} differ in size or channels")
-        if noisy.pixels.shape[-1] != loaded.channels:
-            raise ValueError(f"{noisy_path.name} has {noisy.pixels.shape[-1]} channels; the model takes {loaded.channels}")
-        pairs.append((name, noisy.to_float(), clean.to_float()))
-    floor, table, rows = calibrate_auto_floor(loaded, pairs, floors=floors, progress=progress)
-    loaded.auto_level_floor = max(floor / 255.0, loaded.MIN_LEVEL)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.stem}.partial.keras")
-    loaded.save(partial)
-    os.replace(partial, output)
     try:
         card = json.loads(Path(source).with_suffix(".json").read_text())
     except (OSError, ValueError):
         card = {"name": output.stem, "job": "denoise"}
     card["name"] = output.stem
-    card.setdefault("architecture", {})["auto_level_floor"] = loaded.auto_level_floor
-    card["auto_strength"] = {
-        "pairs": str(pairs_dir), "pair_count": len(pairs), "floor": floor,
-        "mean_psnr_db_by_floor": {f"{f:g}": v for f, v in table.items()},
-        "mean_input_psnr_db": round(float(np.mean([r["input_psnr_db"] for r in rows])), 4),
-        "median_estimate": round(float(np.median([r["estimate"] for r in rows])), 3),
-        "per_pair": rows, "hardware": hardware_summary(),
-        "method": "strength='auto' = max(estimate, floor); the floor with the best mean PSNR (uint8) over the pairs",
-    }
+    if pairs_dir is not None:
+        pairs = []
+        for name, noisy_path, clean_path in find_pairs(pairs_dir):
+            noisy, clean = read_image(noisy_path), read_image(clean_path)
+            if noisy.pixels.shape != clean.pixels.shape:
+                raise ValueError(f"{noisy_path.name} and {clean_path.name} differ in size or channels")
+            if noisy.pixels.shape[-1] != loaded.channels:
+                raise ValueError(f"{noisy_path.name} has {noisy.pixels.shape[-1]} channels; the model takes "
+                                 f"{loaded.channels}")
+            pairs.append((name, noisy.to_float(), clean.to_float()))
+        floor, table, rows = calibrate_auto_floor(loaded, pairs, floors=floors, progress=progress)
+        loaded.auto_level_floor = max(floor / 255.0, loaded.MIN_LEVEL)
+        card.setdefault("architecture", {})["auto_level_floor"] = loaded.auto_level_floor
+        card["auto_strength"] = {
+            "pairs": str(pairs_dir), "pair_count": len(pairs), "floor": floor,
+            "mean_psnr_db_by_floor": {f"{f:g}": v for f, v in table.items()},
+            "mean_input_psnr_db": round(float(np.mean([r["input_psnr_db"] for r in rows])), 4),
+            "median_estimate": round(float(np.median([r["estimate"] for r in rows])), 3),
+            "per_pair": rows, "hardware": hardware_summary(),
+            "method": "strength='auto' = max(estimate, floor); the floor with the best mean PSNR (uint8) over the pairs",
+        }
+    if grey_dir is not None:
+        paths = [path for path, _ in find_images([str(grey_dir)])][:grey_limit]
+        if not paths:
+            raise FileNotFoundError(f"no images in {grey_dir}")
+        images = []
+        for path in paths:
+            x = read_image(path).to_float()
+            images.append(x if x.shape[-1] == 1 else x[..., :3].mean(axis=-1, keepdims=True))
+        gain, table = calibrate_grey_gain(loaded, images, progress=progress)
+        loaded.grey_level_gain = gain
+        card.setdefault("architecture", {})["grey_level_gain"] = gain
+        card["grey_strength"] = {
+            "images": f"{grey_dir} (first {len(images)} in sorted order)", "sigmas": list(GREY_SIGMAS), "gain": gain,
+            "mean_psnr_db_by_gain": {f"{g:g}": v for g, v in table.items()}, "hardware": hardware_summary(),
+            "method": "a set strength s on a grey image runs the colour model at gain * s; the gain with the best "
+                      "mean PSNR (uint8) over the images at Gaussian noise of each sigma",
+        }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.stem}.partial.keras")
+    loaded.save(partial)
+    os.replace(partial, output)
     partial = output.with_name(f".{output.stem}.partial.json")
     partial.write_text(json.dumps(card, indent=2) + "\n")
     os.replace(partial, output.with_suffix(".json"))

@@ -42,7 +42,7 @@ class DenoiserUNet(keras.Model):
     MIN_LEVEL = 0.5 / 255.0
 
     def __init__(self, channels=1, filters=(48, 96, 192), blocks_per_level=1, noise_level=False,
-                 level_calibration=1.0, auto_level_floor=None, **kwargs):
+                 level_calibration=1.0, auto_level_floor=None, grey_level_gain=1.0, **kwargs):
         super().__init__(**kwargs)
         # Multiplies the estimator's level: set by the recipe after training, as the median ratio
         # of true to estimated level on the held-out validation images at full size.
@@ -51,6 +51,10 @@ class DenoiserUNet(keras.Model):
         # estimator cannot tell faint camera noise from fine texture, so this is calibrated on
         # real noisy/clean pairs (``imageae train auto-strength``); MIN_LEVEL when not.
         self.auto_level_floor = float(self.MIN_LEVEL if auto_level_floor is None else auto_level_floor)
+        # A colour model given a grey image sees the same noise in R, G and B, which it takes for
+        # weaker noise than independent noise of that level; a set strength for a grey image is
+        # multiplied by this (calibrated by ``imageae train auto-strength --grey-data``).
+        self.grey_level_gain = float(grey_level_gain)
         self.channels = int(channels)
         self.filters = tuple(int(f) for f in filters)
         self.blocks_per_level = int(blocks_per_level)
@@ -188,7 +192,7 @@ class DenoiserUNet(keras.Model):
         config = super().get_config()
         config.update(channels=self.channels, filters=list(self.filters), blocks_per_level=self.blocks_per_level,
                       noise_level=self.noise_level, level_calibration=self.level_calibration,
-                      auto_level_floor=self.auto_level_floor)
+                      auto_level_floor=self.auto_level_floor, grey_level_gain=self.grey_level_gain)
         return config
 
 
