@@ -136,8 +136,20 @@ def train_detector(images, args):
                                 **({"code_size": args.code_size} if args.code_size else {}))
     with tempfile.TemporaryDirectory(prefix="anomaly-bench-") as checkpoint_dir:
         start = time.perf_counter()
+        tuning = None
+        if args.tune:  # as 'imageae train anomaly --tune': the search inside the same time budget
+            import dataclasses
+
+            from imageae.anomaly.train import _with_hyperparameters, auto_size, tune_hyperparameters
+
+            chosen, table = tune_hyperparameters(images, config, args.tune, directory=Path(checkpoint_dir) / "tune")
+            spent = time.perf_counter() - start
+            config = dataclasses.replace(_with_hyperparameters(config, chosen, config.size or auto_size(images)),
+                                         max_seconds=round(max(60.0, config.max_seconds - spent)))
+            tuning = {"chosen": chosen, "table": table}
         model, info = fit_autoencoder(images, config, checkpoint_dir=Path(checkpoint_dir), progress=False)
         wall = time.perf_counter() - start
+    info["tuning"] = tuning
     return model, info, wall
 
 
@@ -205,7 +217,8 @@ def mnist(args):
         scores = variant_scores(model, info, _float(normal), _float(x_test))
         row.update({f"ae_{v}": auroc(s, labels) for v, s in scores.items()})
         row.update(train_seconds=round(wall, 1), steps=info["run"]["stopped"]["steps_done"],
-                   stopped=info["run"]["stopped"]["reason"], options=_options(args))
+                   stopped=info["run"]["stopped"]["reason"], options=_options(args),
+                   **({"tuning": info["tuning"]} if info.get("tuning") else {}))
         print(f"digit {digit}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)
                                               and k != "train_seconds") + f", {wall:.0f} s", flush=True)
         _store("mnist", args.tag, str(digit), row)
@@ -215,7 +228,8 @@ def _options(args):
     return {"max_minutes": args.max_minutes, "sparsity": args.sparsity,
             "sparsity_weight": args.sparsity_weight if args.sparsity != "none" else 0.0,
             "contractive": args.contractive, "size": args.size or "auto", "steps": args.steps or "default",
-            "code_size": args.code_size or "default", "model": args.model or "trained in the run"}
+            "code_size": args.code_size or "default", "model": args.model or "trained in the run",
+            "tune": args.tune}
 
 
 def elpv(args):
@@ -503,6 +517,7 @@ def main(argv=None):
     parser.add_argument("--sparsity-weight", type=float, default=1e-3)
     parser.add_argument("--contractive", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tune", type=int, default=0, help="KerasTuner trials within --max-minutes (as --tune)")
     parser.add_argument("--code-size", type=int, default=0, help="elpv/mnist: code length (default: the recipe's)")
     parser.add_argument("--train-folder", default="/work/data/elpv/train",
                         help="elpv --model: the folder the model was trained on (cellNNNN.png, NNNN the dataset index)")
