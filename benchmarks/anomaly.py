@@ -463,13 +463,14 @@ def write_report(data):
                 lines += [(f"Options: {row['options']}; {row['train_images']} training cells, {row['train_seconds']:.0f} s, "
                           f"{row['steps']} steps, side {row['image_size']}."), ""]
                 if "protocol" in row:
-                    lines += [f"Protocol: {row['protocol']}: {row['validation_functional']} + "
-                              f"{row['validation_defective']} validation cells; test {row['test_functional']} functional, "
-                              f"{row['test_defective (p=1)']} defective. Chosen on validation: **{row['chosen_on_validation']}**. "
-                              f"Bar: {row['bar']}", ""]
+                    lines += [(f"Protocol: {row['protocol']}: {row['validation_functional']} + "
+                               f"{row['validation_defective']} validation cells; test {row['test_functional']} functional, "
+                               f"{row['test_defective (p=1)']} defective. Chosen on validation: "
+                               f"**{row['chosen_on_validation']}**. Bar: {row['bar']}"), ""]
                 else:
-                    lines += ["Protocol: older run; the test's defective cells include those later set aside for "
-                              "validation, and no variant was chosen here (the shipped l2max was picked on this test split).", ""]
+                    lines += [("Protocol: older run; the test's defective cells include those later set aside for "
+                               "validation, and no variant was chosen here (the shipped l2max was picked on this test "
+                               "split)."), ""]
                 groups = [k for k in row if isinstance(row[k], dict) and k not in ("options", "validation", "bar")]
                 val = row.get("validation", {})
                 lines += ["| method | " + ("validation AUROC | " if val else "")
@@ -488,9 +489,9 @@ def write_report(data):
     for tag, runs in data.get("modules", {}).items():
         for key, row in runs.items():
             lines += [f"## Tiled scoring of {key} ELPV modules ({tag})", "",
-                      "Two rows of three held-out test cells each; half with one defective cell (p=1) in a random place. "
-                      "'tiled': scored in 300x300 windows (the training cells' side), the module's score the highest "
-                      "window's; 'resized': the whole module resized to the model's 64x64.", "",
+                      ("Two rows of three held-out test cells each; half with one defective cell (p=1) in a random "
+                       "place. 'tiled': scored in 300x300 windows (the training cells' side), the module's score the "
+                       "highest window's; 'resized': the whole module resized to the model's 64x64."), "",
                       "| scoring | AUROC | AP | functional modules flagged | modules with a defect flagged | seconds |",
                       "|---|---|---|---|---|---|"]
             for mode in ("tiled", "resized"):

@@ -67,5 +67,7 @@ def test_images_of_the_training_size_take_the_same_path_either_way(detector):
     a, maps_a = detector.score(images)
     b, maps_b = detector.score(images, tile=False)
     np.testing.assert_array_equal(a, b)
+    for x, y in zip(maps_a, maps_b):
+        np.testing.assert_array_equal(x, y)
     with pytest.raises(ValueError, match="tile must be"):
         detector.score(images, tile="yes")

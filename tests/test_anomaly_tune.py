@@ -6,7 +6,6 @@ import json
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
 
 SIDE = 16
@@ -23,7 +22,6 @@ def _write_blobs(folder, n, seed=0):
 
 
 def test_tune_writes_its_table_into_the_card_and_trains_with_the_chosen_values(tmp_path, capsys):
-    pytest.importorskip("keras_tuner")
     from imageae.anomaly.train import TUNE_SPACE
     from imageae.cli import main
 
