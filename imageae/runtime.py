@@ -19,6 +19,15 @@ _CHATTER = re.compile(
 )
 
 
+def _tensorflow_installed():
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def import_tensorflow():
     """Import Keras and TensorFlow with their start-up chatter kept off the terminal.
 
@@ -27,7 +36,15 @@ def import_tensorflow():
     stderr is captured for the import and the first device probe, and only lines that are not
     that known chatter are printed back: real errors still show, and an import error is raised
     as usual. Set ``TF_CPP_MIN_LOG_LEVEL`` yourself to see everything TensorFlow says.
+
+    On another Keras backend (``KERAS_BACKEND=jax``) where TensorFlow is not installed, as on the
+    GPU machines the training queue runs on, this imports Keras alone and returns None: the
+    recipes train without TensorFlow, and a job that needs it fails on its own import.
     """
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" and not _tensorflow_installed():
+        import keras  # noqa: F401
+
+        return None
     if "tensorflow" in sys.modules:
         import tensorflow
 

@@ -44,8 +44,6 @@ def estimate_noise_level(model, x):
     the median over up to 16 crops of 256 px on a regular grid (the whole image when smaller),
     so a large image costs the same as a small one; images under 64 px a side are mirror-padded
     to 64 first; kept within [0.5, 255] / 255."""
-    import tensorflow as tf
-
     h, w = x.shape[:2]
     side = _ESTIMATE_CROP
     if h < _ESTIMATE_MIN or w < _ESTIMATE_MIN:  # mirrored, so the estimator's zero borders do not dominate
@@ -59,7 +57,14 @@ def estimate_noise_level(model, x):
         lefts = np.unique(np.linspace(0, w - side, per_side).astype(int))
         crops = np.stack([x[t : t + side, l : l + side] for t in tops for l in lefts])
     if not hasattr(model, "_imageae_estimate"):
-        model._imageae_estimate = tf.function(lambda z: model.estimate_log_level(z), reduce_retracing=True)
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            model._imageae_estimate = tf.function(lambda z: model.estimate_log_level(z), reduce_retracing=True)
+        else:  # the training recipes' calibration on JAX (the GPU machines have no TensorFlow)
+            model._imageae_estimate = model.estimate_log_level
     logs = np.asarray(model._imageae_estimate(np.ascontiguousarray(crops, np.float32)))
     return float(np.clip(np.exp(np.median(logs)), model.MIN_LEVEL, 1.0))
 
