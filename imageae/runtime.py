@@ -42,7 +42,7 @@ def import_tensorflow():
     recipes train without TensorFlow, and a job that needs it fails on its own import.
     """
     if os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" and not _tensorflow_installed():
-        import keras  # noqa: F401
+        import keras  # the backend set up before anything else
 
         return None
     if "tensorflow" in sys.modules:

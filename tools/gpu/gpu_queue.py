@@ -146,7 +146,7 @@ def _hide(modules):
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in modules:
                 raise ModuleNotFoundError(f"No module named {name!r} (not on the GPU machine)")
-            return None
+            # otherwise None: not this finder's module
 
     sys.meta_path.insert(0, Hidden())
 
