@@ -117,8 +117,10 @@ def export_tflite(model, directory, *, quantize="int8", calibration=None, tile=N
     Writes ``directory/<name>.tflite`` and ``directory/<name>.json``, which says what the fixed
     graph takes: for a denoiser its window ``tile``, the ``margin`` and the model's ``stride``
     (what the tiled runner needs); for a VAE the decoder's batch, latent size, output shape and
-    latent mixture (what :func:`imageae.generate` needs to sample). Supported so far: the
-    denoisers and the VAE decoders (:data:`imageae.registry.TFLITE_EXPORTERS`).
+    latent mixture (what :func:`imageae.generate` needs to sample); for an anomaly detector its
+    batch, side and whole calibration (what :class:`imageae.AnomalyDetector` needs to score).
+    Supported: the denoisers, the VAE decoders and the anomaly detectors
+    (:data:`imageae.registry.TFLITE_EXPORTERS`).
 
     Parameters
     ----------

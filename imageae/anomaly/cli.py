@@ -119,7 +119,8 @@ def register(commands, train):
                            description="Score images for anomalies.", epilog=_EPILOG_SCORE,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders (searched recursively)")
-    s.add_argument("--model", required=True, help="a name from 'imageae models' (anomaly-elpv) or a .keras detector")
+    s.add_argument("--model", required=True, help="a name from 'imageae models' (anomaly-elpv), a .keras detector, or a .tflite "
+                        "written by 'imageae export MODEL --format tflite'")
     s.add_argument("-o", "--output", required=True, help="output folder for scores.csv, summary.json and heatmaps/")
     s.add_argument("--no-heatmaps", dest="heatmaps", action="store_false", help="write only the scores and summary")
     s.add_argument("--batch-size", type=_positive_int, default=64, help="images per model call (default: 64)")
