@@ -49,7 +49,7 @@ MNIST = REPO.parent / "shared" / "datasets" / "digits" / "mnist"
 TERMS = ("l2", "ssim", "l2max", "latent")
 VARIANTS = ["+".join(c) for r in (1, 2, 3) for c in itertools.combinations(TERMS, r)]
 # ELPV also tries the coarser local maximum and the per-pixel standardised error map.
-ELPV_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax", "latent")
+ELPV_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax", "latent", "intensity")
 ELPV_VARIANTS = ["+".join(c) for r in (1, 2, 3) for c in itertools.combinations(ELPV_TERMS, r)]
 
 # Ruff et al., "Deep One-Class Classification", ICML 2018, Table 1 (MNIST, AUROC %, mean of 10
@@ -181,7 +181,8 @@ def variant_scores(model, info, images, test, *, terms=TERMS, variants=VARIANTS)
     x = np.stack([to_model_input(i, config.size, config.channels) for i in images])
     cal = calibrate(model, x[info["train_indices"]], x[info["validation_indices"]], scoring="+".join(terms))
     xt = np.stack([to_model_input(i, config.size, config.channels) for i in test])
-    raw, _, _ = raw_terms(model, xt, latent=cal["latent"], terms=terms, pixel_error=cal.get("pixel_error"))
+    raw, _, _ = raw_terms(model, xt, latent=cal["latent"], terms=terms, pixel_error=cal.get("pixel_error"),
+                          intensity=cal.get("intensity"))
     out = {}
     for variant in variants:
         sub = {**cal, "terms": {t: cal["terms"][t] for t in variant.split("+")}}

@@ -74,3 +74,22 @@ def test_a_zmax_detector_survives_save_and_load(tmp_path):
     again, _ = AnomalyDetector.load(detector.save(tmp_path / "z.keras")).score(images[:5])
     np.testing.assert_allclose(again, scores, rtol=1e-4, atol=1e-4)
     assert AnomalyDetector.load(tmp_path / "z.keras").calibration["scoring"] == "l2wide+zmax"
+
+
+def test_intensity_flags_an_image_dark_all_over_that_reconstructs_as_well_as_a_normal_one():
+    from imageae.anomaly.scoring import auroc, calibrate, raw_terms
+
+    class Echo(_StubModel):  # reconstructs every image perfectly: the pixel terms see nothing
+        def _imageae_forward(self, x):
+            x = np.asarray(x, np.float32)
+            return np.zeros((len(x), 2), np.float32), x.copy()
+
+    model = Echo()
+    cal = calibrate(model, _normal(64, 0), _normal(32, 1), scoring="l2+intensity")
+    assert abs(cal["intensity"]["mean"] - 0.5) < 0.01 and cal["intensity"]["std"] > 0
+    normal, dark, bright = _normal(20, 2), _normal(20, 3) - 0.05, _normal(20, 4) + 0.05
+    given = {"latent": None, "terms": ("l2", "intensity"), "intensity": cal["intensity"]}
+    raw_n, raw_d, raw_b = (raw_terms(model, x, **given)[0] for x in (normal, dark, bright))
+    assert auroc(raw_n["l2"], raw_d["l2"]) == 0.5  # perfect reconstructions all score 0
+    assert auroc(raw_n["intensity"], raw_d["intensity"]) == 1.0  # either way from the normal mean
+    assert auroc(raw_n["intensity"], raw_b["intensity"]) == 1.0

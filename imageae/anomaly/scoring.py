@@ -4,7 +4,7 @@ and how they combine (see :mod:`imageae.anomaly.api` for what the scores mean)."
 import numpy as np
 
 PIXEL_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax")
-TERMS = PIXEL_TERMS + ("latent",)
+TERMS = PIXEL_TERMS + ("latent", "intensity")
 DEFAULT_SCORING = "ssim+latent"
 
 
@@ -72,13 +72,14 @@ def _ssim_window(size):
     return 7 if size < 64 else 11  # 11 x 11 as in AE-SSIM for larger images; 7 for digits
 
 
-def raw_terms(model, x, *, batch_size=64, latent=None, terms=TERMS, pixel_error=None):
+def raw_terms(model, x, *, batch_size=64, latent=None, terms=TERMS, pixel_error=None, intensity=None):
     """Per image, each term's raw score, and the pixel error maps, for a float (N, S, S, C) batch.
 
     Returns ``(terms, maps, codes)``: ``terms[name]`` float64 (N,); ``maps[name]`` float32
     (N, S, S) for the pixel terms; the codes (N, code_size). ``latent`` is the fitted Gaussian
     (``mean``, ``precision``) or None; ``pixel_error`` the per-pixel error ``mean`` and ``std``
-    (S x S nested lists) that the zmax term needs. Only the ``terms`` asked for (and "l2", which the heat
+    (S x S nested lists) that the zmax term needs; ``intensity`` the training images' mean-intensity
+    ``mean`` and ``std`` that the intensity term needs. Only the ``terms`` asked for (and "l2", which the heat
     maps use) are computed: the SSIM map is the costliest part of scoring.
     """
     recon, codes = [], []
@@ -114,6 +115,14 @@ def raw_terms(model, x, *, batch_size=64, latent=None, terms=TERMS, pixel_error=
         z = (maps["l2"] - np.asarray(pixel_error["mean"], np.float32)) / np.asarray(pixel_error["std"], np.float32)
         local = gaussian_blur(z[..., None], sigma=model.image_size / 32.0)[..., 0]
         terms["zmax"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+    if "intensity" in wanted:
+        # A global statistic beside the reconstruction: how far the image's mean intensity lies from
+        # the training images' (a squared z-score, either way): a cell that is dark all over, or
+        # overexposed, reconstructs well and still is not like the normal ones.
+        if intensity is None:
+            raise ValueError("the intensity term needs the training images' intensity statistics of a calibration")
+        means = x.reshape(len(x), -1).mean(axis=1).astype(np.float64)
+        terms["intensity"] = ((means - intensity["mean"]) / intensity["std"]) ** 2
     if latent is not None and "latent" in wanted:
         d = code.astype(np.float64) - np.asarray(latent["mean"])
         terms["latent"] = np.einsum("ij,jk,ik->i", d, np.asarray(latent["precision"]), d)
@@ -167,7 +176,10 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
     terms = parse_scoring(scoring)
     if not 0.0 < false_positive_rate < 1.0:
         raise ValueError(f"false_positive_rate must be between 0 and 1 (e.g. 0.01 for 1 %), got {false_positive_rate}")
-    latent = pixel_error = None
+    latent = pixel_error = intensity = None
+    if "intensity" in terms:
+        means = x_train.reshape(len(x_train), -1).mean(axis=1)
+        intensity = {"mean": float(means.mean()), "std": float(max(means.std(), 1e-6))}
     if "latent" in terms or "zmax" in terms:
         codes, errors = [], []
         for i in range(0, len(x_train), batch_size):
@@ -179,12 +191,15 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
             latent = fit_latent_gaussian(np.concatenate(codes))
         if "zmax" in terms:
             pixel_error = pixel_error_statistics(np.concatenate(errors))
-    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, latent=latent, terms=terms, pixel_error=pixel_error)
+    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, latent=latent, terms=terms, pixel_error=pixel_error,
+                             intensity=intensity)
     stats = {name: {"mean": float(raw[name].mean()), "std": float(max(raw[name].std(), 1e-12))} for name in terms}
     calibration = {"scoring": "+".join(terms), "terms": stats, "latent": latent,
                    "ssim_window": _ssim_window(model.image_size)}
     if pixel_error is not None:
         calibration["pixel_error"] = pixel_error
+    if intensity is not None:
+        calibration["intensity"] = intensity
     scores = combine(raw, calibration)
     # The heat map is the squared error whatever the score: the local SSIM of flat, noisy
     # regions (a dark background) is unstable and lit up whole backgrounds in the tests.
