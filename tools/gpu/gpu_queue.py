@@ -38,6 +38,9 @@ LIMIT = 64 * 2**20
 #: Carried as wheels: Keras at the version tested here, what it needs beyond the GPU image, and
 #: constriction (the codec's recipe builds its coding tables at the end).
 WHEELS = ("keras==3.15.1", "namex==0.1.0", "optree==0.20.0", "constriction==0.5.0")
+#: The GPU image's Python (3.12, x86-64) and the manylinux tags pip must match exactly.
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64")
 
 STAGES = {
     "codec": {
@@ -94,16 +97,19 @@ def pack(stage, init=None):
         if not source.is_dir():
             raise SystemExit(f"training images missing: {source}")
         shutil.copytree(source, GPU / "data" / folder.replace("/", "_"))
+    # The shipped weights travel where they are (tracked); other start weights are carried, and
+    # then the shipped file is parked with the rest.
     start = Path(init) if init else REPO / "saved_models" / f"{spec['model']}.keras"
-    (GPU / "init").mkdir()
-    shutil.copy2(start, GPU / "init" / "start.keras")
+    if init:
+        (GPU / "init").mkdir()
+        shutil.copy2(start, GPU / "init" / "start.keras")
     (GPU / "whl").mkdir()
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_17_x86_64",
-                    "--platform", "manylinux2014_x86_64", "-d", str(GPU / "whl"), *WHEELS],
+                    "--python-version", "3.12", "--implementation", "cp",
+                    *[a for tag in PLATFORMS for a in ("--platform", tag)], "-d", str(GPU / "whl"), *WHEELS],
                    check=True)
     moved = 0
-    for path, rel in list(_parkable(spec["model"])):
+    for path, rel in list(_parkable(None if init else spec["model"])):
         target = PARKED / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(path, target)
@@ -164,7 +170,8 @@ def run(stage, minutes, out, dry_run=False, data=None):
         init = REPO / "saved_models" / f"{spec['model']}.keras"
         folders = [str(data)]
     else:
-        init = GPU / "init" / "start.keras"
+        carried = GPU / "init" / "start.keras"
+        init = carried if carried.exists() else REPO / "saved_models" / f"{spec['model']}.keras"
         folders = sorted(str(p) for p in (GPU / "data").iterdir())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
