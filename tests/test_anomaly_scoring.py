@@ -93,3 +93,19 @@ def test_intensity_flags_an_image_dark_all_over_that_reconstructs_as_well_as_a_n
     assert auroc(raw_n["l2"], raw_d["l2"]) == 0.5  # perfect reconstructions all score 0
     assert auroc(raw_n["intensity"], raw_d["intensity"]) == 1.0  # either way from the normal mean
     assert auroc(raw_n["intensity"], raw_b["intensity"]) == 1.0
+
+
+def test_recalibrate_repeats_the_recipes_calibration_and_rescores_with_another_scoring(tmp_path):
+    import json
+
+    from imageae.anomaly.train import AnomalyTrainConfig, fit_autoencoder, recalibrate
+
+    rng = np.random.default_rng(1)
+    images = [np.clip(rng.normal(0.5, 0.05, (16, 16, 1)), 0, 1).astype(np.float32) for _ in range(40)]
+    config = AnomalyTrainConfig(data=[], output="", size=16, channels=1, steps=10, steps_per_epoch=10, batch_size=16,
+                                code_size=4, filters=(8, 16), scoring="l2wide+zmax")
+    model, info = fit_autoencoder(images, config, checkpoint_dir=tmp_path / "ck")
+    trained = json.dumps(model.calibration, sort_keys=True)
+    assert json.dumps(recalibrate(model, images, info["config"]), sort_keys=True) == trained
+    again = recalibrate(model, images, AnomalyTrainConfig(**{**info["config"].__dict__, "scoring": "l2+intensity"}))
+    assert again["scoring"] == "l2+intensity" and "intensity" in again and model.calibration is again

@@ -168,13 +168,26 @@ def fit_autoencoder(images, config, *, checkpoint_dir, resuming=False, output=No
                monitor="val_loss", mode="min", output=output, progress=progress,
                validation_data=(x_val, x_val), validation_batch_size=config.batch_size)
     model = _best_float32(model, checkpoint_dir)
-    model.calibration = calibrate(model, x_train, x_val, scoring=config.scoring,
-                                  false_positive_rate=config.false_positive_rate)
-    # The training images' own side: larger images are scored in windows of this size (tiling).
-    model.calibration["source_side"] = int(np.median([min(image.shape[:2]) for image in images]))
+    recalibrate(model, images, config, x=x)
     return model, {"run": run, "config": config, "images": len(x_train), "validation_images": len(x_val),
                    "policy": policy, "train_indices": train_order, "validation_indices": val_order,
                    "x_val": x_val}
+
+
+def recalibrate(model, images, config, *, x=None):
+    """Set ``model.calibration`` as the recipe does after training: the same resize and
+    training/validation split of ``images`` (the run's normal images, in the recipe's order) and
+    ``config``'s scoring and false-positive rate. Also re-scores a trained detector with another
+    ``config.scoring``, weights unchanged (``tools/recalibrate_anomaly_elpv.py``). Returns the
+    calibration. ``x``: the images already resized (as :func:`fit_autoencoder` has them)."""
+    if x is None:
+        x = np.stack([to_model_input(image, config.size, config.channels) for image in images])
+    train_order, val_order = _split_for_validation(len(x), config.validation_fraction, config.seed)
+    model.calibration = calibrate(model, x[train_order], x[val_order], scoring=config.scoring,
+                                  false_positive_rate=config.false_positive_rate)
+    # The training images' own side: larger images are scored in windows of this size (tiling).
+    model.calibration["source_side"] = int(np.median([min(image.shape[:2]) for image in images]))
+    return model.calibration
 
 
 # --tune's search space: small on purpose (each trial is a short training run on the CPU).
