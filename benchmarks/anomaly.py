@@ -181,8 +181,7 @@ def variant_scores(model, info, images, test, *, terms=TERMS, variants=VARIANTS)
     x = np.stack([to_model_input(i, config.size, config.channels) for i in images])
     cal = calibrate(model, x[info["train_indices"]], x[info["validation_indices"]], scoring="+".join(terms))
     xt = np.stack([to_model_input(i, config.size, config.channels) for i in test])
-    raw, _, _ = raw_terms(model, xt, latent=cal["latent"], terms=terms, pixel_error=cal.get("pixel_error"),
-                          intensity=cal.get("intensity"))
+    raw, _, _ = raw_terms(model, xt, terms=terms, calibration=cal)
     out = {}
     for variant in variants:
         sub = {**cal, "terms": {t: cal["terms"][t] for t in variant.split("+")}}

@@ -86,6 +86,19 @@ def to_uint8(y):
     return np.clip(np.round(np.asarray(y, np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+def _export_tflites(name, workdir, **options):
+    """``name`` exported as int8 and float16 .tflite files into ``workdir``: {"int8": path,
+    "int8 seconds": export time, "float16": ..., "float16 seconds": ...}."""
+    from imageae.export import export_tflite
+
+    exports = {}
+    for quantize in ("int8", "float16"):
+        with Timer() as t_export:
+            exports[quantize] = export_tflite(name, workdir, quantize=quantize, **options)
+        exports[quantize + " seconds"] = t_export.seconds
+    return exports
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=["denoise-grey"], help="denoisers")
@@ -119,7 +132,7 @@ def main(argv=None):
 
     import imageae
     from imageae import registry
-    from imageae.export import export_saved_model, export_tflite
+    from imageae.export import export_saved_model
     from imageae.metrics import psnr
     from imageae.pipelines.engine import TiledRunner
     from imageae.pipelines.litert import LiteRTRunner
@@ -129,11 +142,7 @@ def main(argv=None):
     workdir = Path(tempfile.mkdtemp(prefix="imageae-litert-bench-"))
     for name in args.models:
         keras_path = registry.resolve(name, job="denoise")
-        exports = {}
-        for quantize in ("int8", "float16"):
-            with Timer() as t_export:
-                exports[quantize] = export_tflite(name, workdir, quantize=quantize, tile=args.tile)
-            exports[quantize + " seconds"] = t_export.seconds
+        exports = _export_tflites(name, workdir, tile=args.tile)
         meta = json.loads(exports["int8"].with_suffix(".json").read_text())
         channels = meta["channels"]
         saved = export_saved_model(name, workdir / "serving", version=1)
@@ -314,7 +323,7 @@ def vae_benchmark(name, args, tf, workdir):
     """Rows for one VAE: Keras float32, SavedModel, tflite int8 and float16 (see the docstring)."""
     import imageae
     from imageae import registry
-    from imageae.export import export_saved_model, export_tflite
+    from imageae.export import export_saved_model
     from imageae.generate.api import _LiteRTDecoder
     from imageae.generate.sampling import DECODE_BLOCK, decode_latents, sample_latents
     from imageae.metrics import frechet_distance
@@ -322,11 +331,7 @@ def vae_benchmark(name, args, tf, workdir):
 
     vae = with_precision(registry.load_model(name, job="generate"), "float32")
     keras_path = registry.resolve(name, job="generate")
-    exports = {}
-    for quantize in ("int8", "float16"):
-        with Timer() as t_export:
-            exports[quantize] = export_tflite(name, workdir, quantize=quantize)
-        exports[quantize + " seconds"] = t_export.seconds
+    exports = _export_tflites(name, workdir)
     saved = export_saved_model(name, workdir / "serving", version=1)
     served = tf.saved_model.load(str(saved)).signatures["decode"]
 
@@ -458,15 +463,11 @@ def anomaly_benchmark(name, args, tf, workdir):
     from imageae.anomaly.api import AnomalyDetector
     from imageae.anomaly.litert import LiteRTAutoencoder
     from imageae.anomaly.scoring import _forward
-    from imageae.export import export_saved_model, export_tflite
+    from imageae.export import export_saved_model
 
     keras_path = registry.resolve(name, job="anomaly")
     keras_model = registry.load_model(name, job="anomaly")
-    exports = {}
-    for quantize in ("int8", "float16"):
-        with Timer() as t_export:
-            exports[quantize] = export_tflite(name, workdir, quantize=quantize)
-        exports[quantize + " seconds"] = t_export.seconds
+    exports = _export_tflites(name, workdir)
     saved = export_saved_model(name, workdir / "serving", version=1)
     served = tf.saved_model.load(str(saved)).signatures["serving_default"]
 

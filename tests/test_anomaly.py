@@ -12,12 +12,14 @@ from PIL import Image
 SIDE = 16
 
 
-def _blob(rng, scratch=False):
+def _blob(rng, scratch=False, margin=2):
+    """A soft blob (the normal class), or one with a bright scratch on a row at least ``margin``
+    from the edges."""
     yy, xx = np.mgrid[:SIDE, :SIDE]
     cy, cx = rng.uniform(6, 10, 2)
     x = 0.8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 12.0)
     if scratch:
-        row = int(rng.integers(2, SIDE - 2))
+        row = int(rng.integers(margin, SIDE - margin))
         x[row, 1 : SIDE - 1] = 1.0
     return np.clip(x + rng.normal(0, 0.01, x.shape), 0, 1).astype(np.float32)
 

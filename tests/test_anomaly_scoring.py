@@ -37,7 +37,7 @@ def test_zmax_discounts_where_the_model_always_errs_and_finds_a_new_defect():
     normal = _normal(20, 2)
     defective = normal.copy()
     defective[:, 20:23, 12:18] = 0.25  # a darker patch away from the band the model always misses
-    given = {"latent": None, "terms": ("l2max", "zmax", "l2wide"), "pixel_error": cal["pixel_error"]}
+    given = {"terms": ("l2max", "zmax", "l2wide"), "calibration": {"pixel_error": cal["pixel_error"]}}
     raw_normal, _, _ = raw_terms(model, normal, **given)
     raw_defective, _, _ = raw_terms(model, defective, **given)
     # The band's error (about 0.09) matches the patch's (0.06 over a smaller area) for the plain
@@ -88,7 +88,7 @@ def test_intensity_flags_an_image_dark_all_over_that_reconstructs_as_well_as_a_n
     cal = calibrate(model, _normal(64, 0), _normal(32, 1), scoring="l2+intensity")
     assert abs(cal["intensity"]["mean"] - 0.5) < 0.01 and cal["intensity"]["std"] > 0
     normal, dark, bright = _normal(20, 2), _normal(20, 3) - 0.05, _normal(20, 4) + 0.05
-    given = {"latent": None, "terms": ("l2", "intensity"), "intensity": cal["intensity"]}
+    given = {"terms": ("l2", "intensity"), "calibration": {"intensity": cal["intensity"]}}
     raw_n, raw_d, raw_b = (raw_terms(model, x, **given)[0] for x in (normal, dark, bright))
     assert auroc(raw_n["l2"], raw_d["l2"]) == 0.5  # perfect reconstructions all score 0
     assert auroc(raw_n["intensity"], raw_d["intensity"]) == 1.0  # either way from the normal mean

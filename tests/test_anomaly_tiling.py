@@ -4,16 +4,12 @@ training images' size, so a small defect keeps the scale the model learned."""
 import numpy as np
 import pytest
 
-SIDE = 16
+from tests.test_anomaly import SIDE
+from tests.test_anomaly import _blob as _any_blob
 
 
 def _blob(rng, scratch=False):
-    yy, xx = np.mgrid[:SIDE, :SIDE]
-    cy, cx = rng.uniform(6, 10, 2)
-    x = 0.8 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 12.0)
-    if scratch:
-        x[int(rng.integers(3, SIDE - 3)), 1 : SIDE - 1] = 1.0
-    return np.clip(x + rng.normal(0, 0.01, x.shape), 0, 1).astype(np.float32)
+    return _any_blob(rng, scratch, margin=3)  # scratches away from the cell edges, where windows meet
 
 
 @pytest.fixture(scope="module")

@@ -127,8 +127,7 @@ class AnomalyDetector:
         x = np.stack([to_model_input(image, m.image_size, m.channels) for image in images]) if len(images) else \
             np.zeros((0, m.image_size, m.image_size, m.channels), np.float32)
         cal = m.calibration
-        raw, maps, _ = raw_terms(m, x, batch_size=self.batch_size, latent=cal.get("latent"), terms=tuple(cal["terms"]),
-                                  pixel_error=cal.get("pixel_error"), intensity=cal.get("intensity"))
+        raw, maps, _ = raw_terms(m, x, batch_size=self.batch_size, terms=tuple(cal["terms"]), calibration=cal)
         scores = combine(raw, cal)
         heat = sum(maps[t] / cal["map_scale"][t] for t in cal["map_terms"])
         return np.asarray(scores, np.float64), np.asarray(heat, np.float32)

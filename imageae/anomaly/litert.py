@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imageae.pipelines.litert import _Reloading
+from imageae.pipelines.litert import _Reloading, fixed_batches
 
 # Images per interpreter call, fixed in the graph: left open (None) it converts, but XNNPACK then
 # leaves the graph to LiteRT's reference kernels (12 ms an image in int8 here). Measured for
@@ -215,13 +215,8 @@ class LiteRTAutoencoder(_Reloading):
         x = np.asarray(x, np.float32)
         codes = np.empty((len(x), self.code_size), np.float32)
         recon = np.empty(x.shape, np.float32)
-        b = self.batch
-        for i in range(0, len(x), b):
-            chunk = x[i : i + b]
-            rows = len(chunk)
-            if rows < b:
-                chunk = np.concatenate([chunk, np.zeros((b - rows, *chunk.shape[1:]), np.float32)])
-            out = self._runner(images=np.ascontiguousarray(chunk))
+        for i, rows, chunk in fixed_batches(x, self.batch):
+            out = self._runner(images=chunk)
             codes[i : i + rows] = out["code"][:rows]
             recon[i : i + rows] = out["reconstruction"][:rows]
         return codes, recon

@@ -72,16 +72,19 @@ def _ssim_window(size):
     return 7 if size < 64 else 11  # 11 x 11 as in AE-SSIM for larger images; 7 for digits
 
 
-def raw_terms(model, x, *, batch_size=64, latent=None, terms=TERMS, pixel_error=None, intensity=None):
+def raw_terms(model, x, *, batch_size=64, terms=TERMS, calibration=None):
     """Per image, each term's raw score, and the pixel error maps, for a float (N, S, S, C) batch.
 
     Returns ``(terms, maps, codes)``: ``terms[name]`` float64 (N,); ``maps[name]`` float32
-    (N, S, S) for the pixel terms; the codes (N, code_size). ``latent`` is the fitted Gaussian
-    (``mean``, ``precision``) or None; ``pixel_error`` the per-pixel error ``mean`` and ``std``
-    (S x S nested lists) that the zmax term needs; ``intensity`` the training images' mean-intensity
-    ``mean`` and ``std`` that the intensity term needs. Only the ``terms`` asked for (and "l2", which the heat
+    (N, S, S) for the pixel terms; the codes (N, code_size). ``calibration`` holds what the
+    terms fitted on the training images need (a detector's calibration, or a dict of these keys):
+    ``latent`` (the Gaussian's ``mean`` and ``precision``; without it no latent term),
+    ``pixel_error`` (the per-pixel error ``mean`` and ``std``, S x S nested lists, for zmax) and
+    ``intensity`` (the training images' mean-intensity ``mean`` and ``std``). Only the ``terms`` asked for (and "l2", which the heat
     maps use) are computed: the SSIM map is the costliest part of scoring.
     """
+    calibration = calibration or {}
+    latent, pixel_error, intensity = (calibration.get(k) for k in ("latent", "pixel_error", "intensity"))
     recon, codes = [], []
     for i in range(0, len(x), batch_size):
         batch = np.ascontiguousarray(x[i : i + batch_size], np.float32)
@@ -191,8 +194,8 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
             latent = fit_latent_gaussian(np.concatenate(codes))
         if "zmax" in terms:
             pixel_error = pixel_error_statistics(np.concatenate(errors))
-    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, latent=latent, terms=terms, pixel_error=pixel_error,
-                             intensity=intensity)
+    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, terms=terms,
+                             calibration={"latent": latent, "pixel_error": pixel_error, "intensity": intensity})
     stats = {name: {"mean": float(raw[name].mean()), "std": float(max(raw[name].std(), 1e-12))} for name in terms}
     calibration = {"scoring": "+".join(terms), "terms": stats, "latent": latent,
                    "ssim_window": _ssim_window(model.image_size)}

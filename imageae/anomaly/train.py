@@ -225,8 +225,7 @@ def validation_objective(model, x_val, *, seed=0):
     from imageae.anomaly.scoring import auroc, combine, raw_terms, synthetic_defects
 
     cal = model.calibration
-    given = {"latent": cal.get("latent"), "terms": tuple(cal["terms"]), "pixel_error": cal.get("pixel_error"),
-             "intensity": cal.get("intensity")}
+    given = {"terms": tuple(cal["terms"]), "calibration": cal}
     normal, _, _ = raw_terms(model, x_val, **given)
     defective, _, _ = raw_terms(model, synthetic_defects(x_val, seed=seed), **given)
 

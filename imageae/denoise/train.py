@@ -349,9 +349,9 @@ def find_pairs(folder):
 
 def _uint8_psnr(x, reference):
     """PSNR (dB) of float 0..1 images as they would be written: clipped and rounded to uint8."""
-    a = np.round(np.clip(x, 0.0, 1.0) * 255.0)
-    b = np.round(np.clip(reference, 0.0, 1.0) * 255.0)
-    return float(10.0 * np.log10(255.0 ** 2 / max(float(np.mean((a - b) ** 2)), 1e-10)))
+    from imageae.metrics import psnr
+
+    return psnr(np.round(np.clip(reference, 0.0, 1.0) * 255.0), np.round(np.clip(x, 0.0, 1.0) * 255.0))
 
 
 def calibrate_auto_floor(model, pairs, *, floors=AUTO_FLOORS, progress=None):

@@ -121,6 +121,16 @@ def _interpreter(path, num_threads):
     return interpreter
 
 
+def fixed_batches(x, batch):
+    """``(start, rows, chunk)`` over float32 ``x`` in chunks of ``batch`` rows, the last one padded
+    with zeros to ``batch`` (a .tflite file's batch is fixed); use the first ``rows`` results."""
+    for i in range(0, len(x), batch):
+        chunk = x[i : i + batch]
+        rows = len(chunk)
+        if rows < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - rows, *chunk.shape[1:]), np.float32)])
+        yield i, rows, np.ascontiguousarray(chunk, np.float32)
+
 class _Reloading:
     """Loads a ``.tflite`` and its sidecar for ``jobs``, and again when :func:`file_key` changes."""
 
@@ -237,13 +247,8 @@ class LiteRTModel(_Reloading):
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"{self.path} takes rows of shape {self.input_shape}, got {x.shape[1:]}")
         results = np.empty((len(x), *self.output_shape), np.float32)
-        b = self.batch
-        for i in range(0, len(x), b):
-            chunk = x[i : i + b]
-            rows = len(chunk)
-            if rows < b:
-                chunk = np.concatenate([chunk, np.zeros((b - rows, *chunk.shape[1:]), np.float32)])
-            self.interpreter.set_tensor(self._input, np.ascontiguousarray(chunk))
+        for i, rows, chunk in fixed_batches(x, self.batch):
+            self.interpreter.set_tensor(self._input, chunk)
             self.interpreter.invoke()
             results[i : i + rows] = self.interpreter.get_tensor(self._output)[:rows]
         return results
