@@ -319,3 +319,26 @@ def test_a_denoiser_with_a_level_input_exports_with_its_estimator(tmp_path):
     expected = imageae.denoise(x, model=str(keras_path), precision="float32")
     assert out.shape == x.shape
     assert np.abs(out - expected).mean() < 0.02
+
+
+def test_a_denoiser_with_a_noise_highpass_exports_with_the_wider_margin(tmp_path):
+    """The highpass is part of the graph (predict_noise) and widens the margin, so the windows
+    of the .tflite give what the Keras model gives on the whole image."""
+    import keras
+
+    import imageae
+
+    model = build_tiny_denoiser(3, seed=24, noise_level=True)
+    model.save(tmp_path / "plain.keras")
+    model.noise_highpass = 4.0
+    keras_path = tmp_path / "highpass.keras"
+    model.save(keras_path)
+    assert keras.saving.load_model(keras_path).receptive_radius == 48 + 12
+    path = export_tflite(keras_path, tmp_path, quantize="none", tile=160)
+    assert json.loads(path.with_suffix(".json").read_text())["margin"] == 64  # 60 up to the stride
+    x = _noisy((200, 230, 3), seed=10)
+    out = imageae.denoise(x, model=str(path), batch_size=2)
+    expected = imageae.denoise(x, model=str(keras_path), precision="float32")
+    plain = imageae.denoise(x, model=str(tmp_path / "plain.keras"), precision="float32")
+    assert out.shape == x.shape and np.abs(out - expected).mean() < 0.02
+    assert np.abs(out - plain).mean() > 0.05  # the highpass is in the graph

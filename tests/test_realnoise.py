@@ -325,6 +325,36 @@ def test_auto_uses_at_least_the_models_floor_and_the_floor_is_saved(level_model,
     assert np.allclose(np.asarray(model(x[None]))[0], at_estimate, atol=1e-4)
 
 
+def test_the_noise_highpass_keeps_the_local_mean_and_tiles_exactly(level_model, tmp_path):
+    import keras
+
+    from imageae.models.denoiser import gaussian_lowpass
+    from imageae.pipelines.engine import TiledRunner
+
+    rng = np.random.default_rng(3)
+    noisy = np.clip(_photo(96) + rng.normal(0, 0.08, (96, 96, 3)), 0, 1).astype(np.float32)
+    model = keras.saving.load_model(level_model)
+    plain = next(iter(TiledRunner(model).run([(0, noisy, 20 / 255)])))[1]
+    model.noise_highpass = 6.0
+    assert model.receptive_radius == keras.saving.load_model(level_model).receptive_radius + 18
+    out = next(iter(TiledRunner(model).run([(0, noisy, 20 / 255)])))[1]
+    # what the model removes is the plain model's noise less its Gaussian average, so the removed
+    # part has (almost) no low frequencies left, where the plain model's had
+    def smooth(x):
+        return np.asarray(gaussian_lowpass(x[None], 6.0))[0]
+
+    removed, removed_plain = noisy - out, noisy - plain
+    assert np.allclose(removed, removed_plain - smooth(removed_plain), atol=1e-4)
+    assert np.abs(smooth(removed)).mean() < 0.3 * np.abs(smooth(removed_plain)).mean()
+    # tiled (windows with the larger margin) equals whole; the setting is saved
+    tiled = next(iter(TiledRunner(model, tile=64).run([(0, noisy, 20 / 255)])))[1]
+    assert np.allclose(tiled, out, atol=1e-5)
+    model.save(tmp_path / "hp.keras")
+    assert keras.saving.load_model(tmp_path / "hp.keras").noise_highpass == 6.0
+    with pytest.raises(ValueError, match="noise_highpass"):
+        type(model)(channels=3, noise_level=True, noise_highpass=-1)
+
+
 def _pairs(folder, count=3, sigma=12.0):
     """``count`` noisy/clean pairs in PolyU's naming, correlated noise so the floor matters."""
     import cv2
@@ -351,17 +381,25 @@ def test_calibrate_auto_floor_picks_the_floor_with_the_best_mean_psnr(level_mode
     assert [name for name, *_ in found] == ["cam_0", "cam_1", "cam_2"]
     pairs = [(n, read_image(a).to_float(), read_image(b).to_float()) for n, a, b in found]
     model = keras.saving.load_model(level_model)
-    floor, table, rows = calibrate_auto_floor(model, pairs, floors=(0, 5, 30))
-    assert set(table) == {0, 5, 30} and len(rows) == 3 and floor == max(table, key=table.get)
+    model.noise_highpass = 3.0
+    floor, highpass, table, rows = calibrate_auto_floor(model, pairs, floors=(0, 5, 30), highpasses=(0, 4))
+    assert set(table) == {(f, h) for f in (0, 5, 30) for h in (0, 4)} and len(rows) == 3
+    best = max(table.values())
+    assert table[floor, highpass] >= best - 0.01 and floor == max(table, key=table.get)[0]
+    assert highpass == min(h for (f, h), v in table.items() if f == floor and v >= best - 0.01)
     # the table's numbers are what the model gives at max(estimate, floor)
     from imageae.denoise.api import estimate_noise_level
     from imageae.pipelines.engine import TiledRunner
 
     _, noisy, clean = pairs[0]
     level = max(estimate_noise_level(model, noisy), 30 / 255)
-    out = next(iter(TiledRunner(model).run([(0, noisy, level)])))[1]
-    assert rows[0]["floor_30"] == pytest.approx(_uint8_psnr(out, clean), abs=1e-3)
-    assert model.auto_level_floor == DenoiserUNet.MIN_LEVEL  # left unchanged
+    for highpass in (0.0, 4.0):  # and what the model itself gives with that noise highpass
+        model.noise_highpass = highpass
+        out = next(iter(TiledRunner(model).run([(0, noisy, level)])))[1]
+        assert rows[0][f"floor_30_highpass_{highpass:g}"] == pytest.approx(_uint8_psnr(out, clean), abs=1e-3)
+    model.noise_highpass = 3.0
+    floor, highpass, table, rows = calibrate_auto_floor(model, pairs, floors=(0, 5, 30), highpasses=(0, 4))
+    assert model.auto_level_floor == DenoiserUNet.MIN_LEVEL and model.noise_highpass == 3.0  # left unchanged
 
 
 def test_find_pairs_names_a_noisy_file_without_its_clean_one(tmp_path):
@@ -421,9 +459,12 @@ def test_cli_auto_strength_writes_a_calibrated_model_and_its_card(level_model, t
     assert main(["train", "auto-strength", level_model, "--pairs", str(tmp_path / "pairs"), "-o", str(out)]) == 0
     card = json.loads(out.with_suffix(".json").read_text())["auto_strength"]
     assert card["pair_count"] == 2 and len(card["per_pair"]) == 2
-    best = max(card["mean_psnr_db_by_floor"].values())
-    assert card["mean_psnr_db_by_floor"][f"{card['floor']:g}"] == best
-    assert keras.saving.load_model(out).auto_level_floor == pytest.approx(max(card["floor"], 0.5) / 255)
+    best = max(card["mean_psnr_db"].values())
+    chosen = card["mean_psnr_db"][f"floor {card['floor']:g}, highpass {card['noise_highpass']:g}"]
+    assert chosen >= best - 0.01 and len(card["mean_psnr_db"]) == 12 * 5
+    calibrated = keras.saving.load_model(out)
+    assert calibrated.auto_level_floor == pytest.approx(max(card["floor"], 0.5) / 255)
+    assert calibrated.noise_highpass == card["noise_highpass"]
     assert "chosen floor" in capsys.readouterr().out
     # a blind model and the model itself as output are clear errors
     blind = tmp_path / "blind.keras"

@@ -72,6 +72,12 @@ floor, chosen here as the one with the best mean PSNR over your pairs (candidate
 pairs (see its model card). A few pairs of 512x512 crops are enough; more pairs give a steadier
 choice.
 
+--pairs also chooses, together with the floor, the model's noise highpass (candidates 0, 4, 8,
+16, 32 pixels): the Gaussian average of the noise the model finds is given back to the image, so
+the model cannot shift brightness or colour over large areas. Real cameras' noise averages out
+over such areas, but a model trained on synthetic noise learns shifts near black and clipped
+channels that real pipelines do not make (strong colour casts show it most).
+
 --grey-data calibrates the other half of a strength's meaning: a grey image given a strength
 runs through the colour model with its grey copied into R, G and B, and noise that is the same in
 all three channels reads to the model as weaker than it is; the strength is multiplied by the
@@ -153,7 +159,8 @@ def register(commands, train):
 
     a = train.add_parser(
         "auto-strength", help="calibrate --strength auto on noisy/clean pairs from your camera",
-        description="Calibrate the least strength that --strength auto uses, on real noisy/clean pairs.",
+        description="Calibrate the least strength that --strength auto uses, and the noise highpass, on real "
+                    "noisy/clean pairs.",
         epilog=_EPILOG_AUTO_STRENGTH, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("model", help="a denoiser that takes a noise level: denoise-colour or a .keras path")
@@ -185,8 +192,10 @@ def _cmd_train_auto_strength(args):
     if args.pairs:
         section = card["auto_strength"]
         table = "  ".join(f"{f}: {v:.2f}" for f, v in section["mean_psnr_db_by_floor"].items())
-        print(f"mean PSNR (dB) by floor over {section['pair_count']} pairs: {table}")
-        print(f"chosen floor {section['floor']:g}")
+        print(f"mean PSNR (dB) by floor (at the chosen noise highpass) over {section['pair_count']} pairs: {table}")
+        table = "  ".join(f"{h}: {v:.2f}" for h, v in section["mean_psnr_db_by_highpass"].items())
+        print(f"mean PSNR (dB) by noise highpass (pixels) at that floor: {table}")
+        print(f"chosen floor {section['floor']:g}, noise highpass {section['noise_highpass']:g} pixels")
     if args.grey_data:
         section = card["grey_strength"]
         table = "  ".join(f"{g}: {v:.2f}" for g, v in section["mean_psnr_db_by_gain"].items())

@@ -322,6 +322,9 @@ def _denoiser_validation_metrics(denoiser, noisy, clean, sigmas):
 
 #: Candidate floors (0..255 scale) for :func:`calibrate_auto_floor`; 0 means no floor.
 AUTO_FLOORS = (0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15)
+#: Candidate ``noise_highpass`` widths (pixels) for :func:`calibrate_auto_floor`; 0 means off.
+NOISE_HIGHPASSES = (0, 4, 8, 16, 32)
+HIGHPASS_TOLERANCE_DB = 0.01
 _PAIR = re.compile(r"^(?P<stem>.+)_real\.(?P<ext>jpe?g|png|tiff?|bmp|webp)$", re.IGNORECASE)
 
 
@@ -354,36 +357,52 @@ def _uint8_psnr(x, reference):
     return psnr(np.round(np.clip(reference, 0.0, 1.0) * 255.0), np.round(np.clip(x, 0.0, 1.0) * 255.0))
 
 
-def calibrate_auto_floor(model, pairs, *, floors=AUTO_FLOORS, progress=None):
-    """Choose ``model.auto_level_floor``: the floor whose "auto" strength (the estimate, but at
-    least the floor) gives the best mean PSNR over ``pairs`` of float (H, W, 3) noisy and clean
-    images. Returns ``(floor on the 0..255 scale, {floor: mean PSNR}, per-pair rows)``; the model
-    is left unchanged. Ties go to the smaller floor (it keeps more detail)."""
+def calibrate_auto_floor(model, pairs, *, floors=AUTO_FLOORS, highpasses=NOISE_HIGHPASSES, progress=None):
+    """Choose ``model.auto_level_floor`` and ``model.noise_highpass`` together: the pair whose
+    "auto" strength (the estimate, but at least the floor) gives the best mean PSNR over ``pairs``
+    of float (H, W, 3) noisy and clean images. Returns ``(floor on the 0..255 scale, highpass in
+    pixels, {(floor, highpass): mean PSNR}, per-pair rows)``; the model is left unchanged. Ties go
+    to the smaller floor; the highpass is the narrowest within ``HIGHPASS_TOLERANCE_DB`` of the
+    best at that floor (each pixel of width costs 3 pixels of tile margin)."""
     from imageae.denoise.api import estimate_noise_level
+    from imageae.models.denoiser import gaussian_lowpass
     from imageae.pipelines.engine import TiledRunner
 
     if not getattr(model, "noise_level", False):
         raise ValueError("only a denoiser that takes a noise level has an auto strength to calibrate")
-    runner = TiledRunner(model)
-    scores = {f: [] for f in floors}
-    rows = []
-    for name, noisy, clean in pairs:
-        estimate = 255.0 * estimate_noise_level(model, noisy)
-        by_level = {}
-        row = {"pair": name, "estimate": round(estimate, 3), "input_psnr_db": round(_uint8_psnr(noisy, clean), 3)}
-        for f in floors:
-            level = round(max(estimate, float(f)), 3)
-            if level not in by_level:
-                out = next(iter(runner.run([(0, noisy, level / 255.0)])))[1]
-                by_level[level] = _uint8_psnr(out, clean)
-            scores[f].append(by_level[level])
-            row[f"floor_{f:g}"] = round(by_level[level], 3)
-        rows.append(row)
-        if progress:
-            progress(name)
-    table = {f: round(float(np.mean(v)), 4) for f, v in scores.items()}
+    kept = model.noise_highpass
+    model.noise_highpass = 0.0  # the network once per level; each highpass is then applied here
+    try:
+        runner = TiledRunner(model)
+        scores = {(f, h): [] for f in floors for h in highpasses}
+        rows = []
+        for name, noisy, clean in pairs:
+            estimate = 255.0 * estimate_noise_level(model, noisy)
+            by_level = {}
+            row = {"pair": name, "estimate": round(estimate, 3), "input_psnr_db": round(_uint8_psnr(noisy, clean), 3)}
+            for f in floors:
+                level = round(max(estimate, float(f)), 3)
+                if level not in by_level:
+                    out = next(iter(runner.run([(0, noisy, level / 255.0)])))[1]
+                    noise = noisy - out
+                    by_level[level] = {
+                        h: _uint8_psnr(out + (np.asarray(gaussian_lowpass(noise[None], h))[0] if h > 0 else 0.0), clean)
+                        for h in highpasses}
+                for h in highpasses:
+                    scores[f, h].append(by_level[level][h])
+                    row[f"floor_{f:g}_highpass_{h:g}"] = round(by_level[level][h], 3)
+            rows.append(row)
+            if progress:
+                progress(name)
+    finally:
+        model.noise_highpass = kept
+    table = {key: round(float(np.mean(v)), 4) for key, v in scores.items()}
     best = max(table.values())
-    return min(f for f, v in table.items() if v == best), table, rows
+    floor, highpass = min(key for key, v in table.items() if v == best)
+    # A wider highpass widens every tile's margin by 3 widths (slower on large images and in
+    # LiteRT's fixed windows): the narrowest within HIGHPASS_TOLERANCE_DB of the best is taken.
+    highpass = min(h for (f, h), v in table.items() if f == floor and v >= best - HIGHPASS_TOLERANCE_DB)
+    return floor, highpass, table, rows
 
 
 #: Candidate gains for :func:`calibrate_grey_gain`, and the Gaussian sigmas it scores them at.
@@ -456,16 +475,22 @@ def calibrate_auto_strength(model, output, *, pairs_dir=None, grey_dir=None, gre
                 raise ValueError(f"{noisy_path.name} has {noisy.pixels.shape[-1]} channels; the model takes "
                                  f"{loaded.channels}")
             pairs.append((name, noisy.to_float(), clean.to_float()))
-        floor, table, rows = calibrate_auto_floor(loaded, pairs, floors=floors, progress=progress)
+        floor, highpass, table, rows = calibrate_auto_floor(loaded, pairs, floors=floors, progress=progress)
         loaded.auto_level_floor = max(floor / 255.0, loaded.MIN_LEVEL)
-        card.setdefault("architecture", {})["auto_level_floor"] = loaded.auto_level_floor
+        loaded.noise_highpass = float(highpass)
+        card.setdefault("architecture", {}).update(auto_level_floor=loaded.auto_level_floor,
+                                                   noise_highpass=loaded.noise_highpass)
         card["auto_strength"] = {
-            "pairs": str(pairs_dir), "pair_count": len(pairs), "floor": floor,
-            "mean_psnr_db_by_floor": {f"{f:g}": v for f, v in table.items()},
+            "pairs": str(pairs_dir), "pair_count": len(pairs), "floor": floor, "noise_highpass": highpass,
+            "mean_psnr_db_by_floor": {f"{f:g}": v for (f, h), v in table.items() if h == highpass},
+            "mean_psnr_db_by_highpass": {f"{h:g}": v for (f, h), v in table.items() if f == floor},
+            "mean_psnr_db": {f"floor {f:g}, highpass {h:g}": v for (f, h), v in table.items()},
             "mean_input_psnr_db": round(float(np.mean([r["input_psnr_db"] for r in rows])), 4),
             "median_estimate": round(float(np.median([r["estimate"] for r in rows])), 3),
             "per_pair": rows, "hardware": hardware_summary(),
-            "method": "strength='auto' = max(estimate, floor); the floor with the best mean PSNR (uint8) over the pairs",
+            "method": "strength='auto' = max(estimate, floor), and the predicted noise's Gaussian average of width "
+                      "noise_highpass pixels given back to the image; the (floor, highpass) with the best mean "
+                      "PSNR (uint8) over the pairs",
         }
     if grey_dir is not None:
         paths = [path for path, _ in find_images([str(grey_dir)])][:grey_limit]

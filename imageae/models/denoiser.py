@@ -14,6 +14,14 @@ With ``noise_level=True`` the model is conditioned on a noise level, as FFDNet (
 scale) enters as one more input plane, so a user can turn the strength up or down. A small
 estimator (a CNN whose per-position log-levels are averaged over the image, as the noise
 estimation subnetwork of CBDNet, Guo et al. 2019) gives the level when none is passed.
+
+With ``noise_highpass`` > 0 the predicted noise loses its low frequencies (its local mean over
+a Gaussian of that width, in pixels, is given back to the image), so the model cannot move an
+image's brightness or colour over large areas. Camera noise averaged over such areas is almost
+zero, but a model trained on synthetic camera noise learns local-mean shifts that real cameras'
+pipelines do not make (near-black and clipped channels: the training targets are the clean
+images, not the mean of many noisy shots). ``imageae train auto-strength`` chooses the width on
+real noisy/clean pairs.
 """
 
 import keras
@@ -42,8 +50,13 @@ class DenoiserUNet(keras.Model):
     MIN_LEVEL = 0.5 / 255.0
 
     def __init__(self, channels=1, filters=(48, 96, 192), blocks_per_level=1, noise_level=False,
-                 level_calibration=1.0, auto_level_floor=None, grey_level_gain=1.0, **kwargs):
+                 level_calibration=1.0, auto_level_floor=None, grey_level_gain=1.0, noise_highpass=0.0, **kwargs):
         super().__init__(**kwargs)
+        # Width (pixels) of the Gaussian whose average of the predicted noise is given back to
+        # the image (0: off); see the module docstring.
+        self.noise_highpass = float(noise_highpass)
+        if self.noise_highpass < 0:
+            raise ValueError(f"noise_highpass must be 0 (off) or a width in pixels, got {noise_highpass}")
         # Multiplies the estimator's level: set by the recipe after training, as the median ratio
         # of true to estimated level on the held-out validation images at full size.
         self.level_calibration = float(level_calibration)
@@ -132,7 +145,7 @@ class DenoiserUNet(keras.Model):
         for i in range(levels):
             convs = 2 * self.blocks_per_level * (2 if i < levels - 1 else 1)
             radius += convs * 2 ** (i + 1)  # a 3x3 conv at level i reaches one pixel of 2**(i+1)
-        return radius
+        return radius + gaussian_radius(self.noise_highpass)
 
     def call(self, x):
         """Denoise ``x``, or ``(x, level)`` for a model with ``noise_level``: ``level`` (batch,)
@@ -176,7 +189,10 @@ class DenoiserUNet(keras.Model):
             h = up(h) + skip
             for block in blocks:
                 h = block(h)
-        return self.tail(h)
+        noise = self.tail(h)
+        if self.noise_highpass > 0:
+            noise = noise - gaussian_lowpass(noise, self.noise_highpass)
+        return noise
 
     def _flat_blind_layers(self):
         """The layers a blind model has, in a fixed order (for copying weights across)."""
@@ -192,8 +208,36 @@ class DenoiserUNet(keras.Model):
         config = super().get_config()
         config.update(channels=self.channels, filters=list(self.filters), blocks_per_level=self.blocks_per_level,
                       noise_level=self.noise_level, level_calibration=self.level_calibration,
-                      auto_level_floor=self.auto_level_floor, grey_level_gain=self.grey_level_gain)
+                      auto_level_floor=self.auto_level_floor, grey_level_gain=self.grey_level_gain,
+                      noise_highpass=self.noise_highpass)
         return config
+
+
+def gaussian_radius(sigma):
+    """Half-width (pixels) of :func:`gaussian_lowpass`'s kernel: 3 sigma, 0 when off."""
+    return int(np.ceil(3.0 * sigma)) if sigma > 0 else 0
+
+
+def gaussian_lowpass(x, sigma):
+    """``x`` (batch, H, W, C), float32, blurred by a Gaussian of width ``sigma`` pixels (kernel
+    cut at 3 sigma), each channel apart. Outside the image counts as missing, not as zero: the
+    zero-padded blur is divided by the blur of ones (normalised convolution), so borders are not
+    pulled towards 0 and any image size works. A window with that many pixels of context around
+    it gets exactly the whole image's values, so tiled inference stays equal to whole-image."""
+    radius = gaussian_radius(sigma)
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    x = keras.ops.cast(x, "float32")
+    channels = x.shape[-1]
+
+    def blur(z, c):
+        rows = keras.ops.convert_to_tensor(np.tile(taps[:, None, None, None], (1, 1, c, 1)))
+        cols = keras.ops.convert_to_tensor(np.tile(taps[None, :, None, None], (1, 1, c, 1)))
+        z = keras.ops.depthwise_conv(z, rows, strides=1, padding="same")
+        return keras.ops.depthwise_conv(z, cols, strides=1, padding="same")
+
+    weight = blur(keras.ops.ones_like(x[..., :1]), 1)
+    return blur(x, channels) / weight
 
 
 def build_denoiser(channels=1, filters=(48, 96, 192), blocks_per_level=1, name=None, noise_level=False):
