@@ -325,23 +325,24 @@ def test_auto_uses_at_least_the_models_floor_and_the_floor_is_saved(level_model,
     assert np.allclose(np.asarray(model(x[None]))[0], at_estimate, atol=1e-4)
 
 
-def test_the_noise_highpass_keeps_the_local_mean_and_tiles_exactly(level_model, tmp_path):
+@pytest.mark.parametrize("width", [6.0, 16.0])  # full resolution; on 4x4 block sums
+def test_the_noise_highpass_keeps_the_local_mean_and_tiles_exactly(level_model, tmp_path, width):
     import keras
 
-    from imageae.models.denoiser import gaussian_lowpass
+    from imageae.models.denoiser import gaussian_lowpass, gaussian_radius
     from imageae.pipelines.engine import TiledRunner
 
     rng = np.random.default_rng(3)
     noisy = np.clip(_photo(96) + rng.normal(0, 0.08, (96, 96, 3)), 0, 1).astype(np.float32)
     model = keras.saving.load_model(level_model)
     plain = next(iter(TiledRunner(model).run([(0, noisy, 20 / 255)])))[1]
-    model.noise_highpass = 6.0
-    assert model.receptive_radius == keras.saving.load_model(level_model).receptive_radius + 18
+    model.noise_highpass = width
+    assert model.receptive_radius == keras.saving.load_model(level_model).receptive_radius + gaussian_radius(width)
     out = next(iter(TiledRunner(model).run([(0, noisy, 20 / 255)])))[1]
     # what the model removes is the plain model's noise less its Gaussian average, so the removed
     # part has (almost) no low frequencies left, where the plain model's had
     def smooth(x):
-        return np.asarray(gaussian_lowpass(x[None], 6.0))[0]
+        return np.asarray(gaussian_lowpass(x[None], width))[0]
 
     removed, removed_plain = noisy - out, noisy - plain
     assert np.allclose(removed, removed_plain - smooth(removed_plain), atol=1e-4)
@@ -350,9 +351,28 @@ def test_the_noise_highpass_keeps_the_local_mean_and_tiles_exactly(level_model, 
     tiled = next(iter(TiledRunner(model, tile=64).run([(0, noisy, 20 / 255)])))[1]
     assert np.allclose(tiled, out, atol=1e-5)
     model.save(tmp_path / "hp.keras")
-    assert keras.saving.load_model(tmp_path / "hp.keras").noise_highpass == 6.0
+    assert keras.saving.load_model(tmp_path / "hp.keras").noise_highpass == width
     with pytest.raises(ValueError, match="noise_highpass"):
         type(model)(channels=3, noise_level=True, noise_highpass=-1)
+
+
+@pytest.mark.parametrize("width", [3.0, 8.0, 16.0, 32.0])
+def test_gaussian_lowpass_is_a_gaussian_blur_that_treats_outside_as_missing(width):
+    import cv2
+
+    from imageae.models.denoiser import gaussian_lowpass
+
+    rng = np.random.default_rng(1)
+    field = cv2.GaussianBlur(rng.normal(0, 1, (203, 317)).astype(np.float32), (0, 0), 3.0)  # structure at all scales
+    x = np.stack([field, -field, np.full_like(field, 0.3)], -1)
+    ours = np.asarray(gaussian_lowpass(x[None], width))[0]
+    assert ours.shape == x.shape
+    reference = cv2.GaussianBlur(x, (0, 0), width, borderType=cv2.BORDER_REFLECT)
+    r = int(3 * width)  # away from the borders (reflecting and leaving out differ there)
+    inner = (slice(r, -r), slice(r, -r), slice(0, 2))
+    error = np.sqrt(np.mean((ours[inner] - reference[inner]) ** 2)) / np.sqrt(np.mean(reference[inner] ** 2))
+    assert error < 0.1
+    assert np.abs(ours[..., 2] - 0.3).max() < 1e-5  # a constant stays constant up to the borders
 
 
 def _pairs(folder, count=3, sigma=12.0):
