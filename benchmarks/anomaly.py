@@ -48,8 +48,10 @@ RESULTS = REPO / "benchmarks" / "results"
 MNIST = REPO.parent / "shared" / "datasets" / "digits" / "mnist"
 TERMS = ("l2", "ssim", "l2max", "latent")
 VARIANTS = ["+".join(c) for r in (1, 2, 3) for c in itertools.combinations(TERMS, r)]
-# ELPV also tries the coarser local maximum and the per-pixel standardised error map.
-ELPV_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax", "latent", "intensity")
+# ELPV also tries the coarser local maximum, the per-pixel standardised error map, the image's
+# mean intensity, and the one-sided terms for dark defects (l2dark: error where the image is
+# darker than its reconstruction; darker: the mean intensity below the training cells').
+ELPV_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax", "l2dark", "latent", "intensity", "darker")
 ELPV_VARIANTS = ["+".join(c) for r in (1, 2, 3) for c in itertools.combinations(ELPV_TERMS, r)]
 
 # Ruff et al., "Deep One-Class Classification", ICML 2018, Table 1 (MNIST, AUROC %, mean of 10

@@ -95,6 +95,30 @@ def test_intensity_flags_an_image_dark_all_over_that_reconstructs_as_well_as_a_n
     assert auroc(raw_n["intensity"], raw_b["intensity"]) == 1.0
 
 
+def test_darker_and_l2dark_are_one_sided_towards_dark():
+    from imageae.anomaly.scoring import auroc, calibrate, raw_terms
+
+    class Grey(_StubModel):  # reconstructs every image as flat 0.5 grey
+        def _imageae_forward(self, x):
+            return np.zeros((len(x), 2), np.float32), np.full_like(np.asarray(x, np.float32), 0.5)
+
+    model = Grey()
+    cal = calibrate(model, _normal(64, 0), _normal(32, 1), scoring="l2dark+darker")
+    normal = _normal(20, 2)
+    dark, bright = normal.copy(), normal.copy()
+    dark[:, 10:16, 10:16] = 0.1  # a dark spot (a crack, a dead region)
+    bright[:, 10:16, 10:16] = 0.9  # a bright one of the same size and contrast
+    given = {"terms": ("l2wide", "l2dark", "intensity", "darker"), "calibration": {"intensity": cal["intensity"]}}
+    raw_n, raw_d, raw_b = (raw_terms(model, x, **given)[0] for x in (normal, dark, bright))
+    # l2wide and intensity flag both spots; the one-sided terms only the dark one
+    for term in ("l2wide", "intensity"):
+        assert auroc(raw_n[term], raw_d[term]) == 1.0 and auroc(raw_n[term], raw_b[term]) == 1.0
+    for term in ("l2dark", "darker"):
+        assert auroc(raw_n[term], raw_d[term]) == 1.0 and auroc(raw_n[term], raw_b[term]) <= 0.5
+    assert np.all(raw_b["l2dark"] <= raw_n["l2dark"] + 1e-6)  # the bright spot adds nothing
+    assert raw_b["darker"].max() < 0 < raw_d["darker"].min()  # a z-score: negative when brighter
+
+
 def test_recalibrate_repeats_the_recipes_calibration_and_rescores_with_another_scoring(tmp_path):
     import json
 

@@ -87,8 +87,11 @@ def _add_train_arguments(t):
     t.add_argument("--scoring", default=None,
                    help="score terms joined by '+': l2 (squared error), ssim (1 - local SSIM), l2max / l2wide "
                         "(largest local mean of the squared error, fine / coarse), zmax (the same on the error "
-                        "standardised per pixel), latent (Mahalanobis distance of the code), intensity (the image's mean "
-                        "intensity against the training images') (default: ssim+latent; see the README)")
+                        "standardised per pixel), l2dark (l2wide of only the pixels darker than their reconstruction), "
+                        "latent (Mahalanobis distance of the code), intensity (the image's mean intensity against the "
+                        "training images', either way), darker (the same, one-sided: darker than them) "
+                        "(default: ssim+latent; l2dark and darker suit images whose defects are dark, such as "
+                        "solar-cell electroluminescence; see the README)")
     t.add_argument("--sparsity", choices=["none", "l1", "kl"], default="none",
                    help="sparse autoencoder: L1 on the code, or KL divergence of the mean sigmoid(code) from "
                         "--sparsity-target (default: none)")

@@ -3,8 +3,8 @@ and how they combine (see :mod:`imageae.anomaly.api` for what the scores mean)."
 
 import numpy as np
 
-PIXEL_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax")
-TERMS = PIXEL_TERMS + ("latent", "intensity")
+PIXEL_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax", "l2dark")
+TERMS = PIXEL_TERMS + ("latent", "intensity", "darker")
 DEFAULT_SCORING = "ssim+latent"
 
 
@@ -80,7 +80,8 @@ def raw_terms(model, x, *, batch_size=64, terms=TERMS, calibration=None):
     terms fitted on the training images need (a detector's calibration, or a dict of these keys):
     ``latent`` (the Gaussian's ``mean`` and ``precision``; without it no latent term),
     ``pixel_error`` (the per-pixel error ``mean`` and ``std``, S x S nested lists, for zmax) and
-    ``intensity`` (the training images' mean-intensity ``mean`` and ``std``). Only the ``terms`` asked for (and "l2", which the heat
+    ``intensity`` (the training images' mean-intensity ``mean`` and ``std``, for the intensity
+    and darker terms). Only the ``terms`` asked for (and "l2", which the heat
     maps use) are computed: the SSIM map is the costliest part of scoring.
     """
     calibration = calibration or {}
@@ -108,6 +109,13 @@ def raw_terms(model, x, *, batch_size=64, terms=TERMS, calibration=None):
         # dark (inactive) regions of solar cells.
         local = gaussian_blur(maps["l2"][..., None], sigma=model.image_size / 16.0)[..., 0]
         terms["l2wide"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+    if "l2dark" in wanted:
+        # l2wide of only the pixels darker than their reconstruction: for images whose defects
+        # are dark (cracks and dead regions in electroluminescence, stains on paper), a bright
+        # glint or a reflection is then no anomaly.
+        dark = np.mean(np.maximum(x_hat - x, 0.0) ** 2, axis=-1)
+        local = gaussian_blur(dark[..., None], sigma=model.image_size / 16.0)[..., 0]
+        terms["l2dark"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
     if "zmax" in wanted:
         # Each pixel's squared error standardised by that pixel's error mean and spread on the
         # training images (some places, such as edges and busbars, always reconstruct worse),
@@ -126,6 +134,13 @@ def raw_terms(model, x, *, batch_size=64, terms=TERMS, calibration=None):
             raise ValueError("the intensity term needs the training images' intensity statistics of a calibration")
         means = x.reshape(len(x), -1).mean(axis=1).astype(np.float64)
         terms["intensity"] = ((means - intensity["mean"]) / intensity["std"]) ** 2
+    if "darker" in wanted:
+        # One-sided: how much darker the image is than the training images on average (a
+        # z-score, negative when brighter), for images whose defects are dark.
+        if intensity is None:
+            raise ValueError("the darker term needs the training images' intensity statistics of a calibration")
+        means = x.reshape(len(x), -1).mean(axis=1).astype(np.float64)
+        terms["darker"] = (intensity["mean"] - means) / intensity["std"]
     if latent is not None and "latent" in wanted:
         d = code.astype(np.float64) - np.asarray(latent["mean"])
         terms["latent"] = np.einsum("ij,jk,ik->i", d, np.asarray(latent["precision"]), d)
@@ -180,7 +195,7 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
     if not 0.0 < false_positive_rate < 1.0:
         raise ValueError(f"false_positive_rate must be between 0 and 1 (e.g. 0.01 for 1 %), got {false_positive_rate}")
     latent = pixel_error = intensity = None
-    if "intensity" in terms:
+    if "intensity" in terms or "darker" in terms:
         means = x_train.reshape(len(x_train), -1).mean(axis=1)
         intensity = {"mean": float(means.mean()), "std": float(max(means.std(), 1e-6))}
     if "latent" in terms or "zmax" in terms:
