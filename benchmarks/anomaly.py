@@ -176,7 +176,9 @@ def load_detector(path, images):
 
 def variant_scores(model, info, images, test, *, terms=TERMS, variants=VARIANTS):
     """AUROC inputs: {variant: scores of ``test``} for every combination of terms, each term
-    standardised on the run's held-out normal images (as the detector does)."""
+    standardised on the run's held-out normal images (as the detector does), and "auto": the
+    scoring the recipe's ``--scoring auto`` chooses from the normal images alone (its choice in
+    ``info["auto_chosen"]``)."""
     from imageae.anomaly.scoring import calibrate, combine, raw_terms, to_model_input
 
     config = info["config"]
@@ -188,6 +190,13 @@ def variant_scores(model, info, images, test, *, terms=TERMS, variants=VARIANTS)
     for variant in variants:
         sub = {**cal, "terms": {t: cal["terms"][t] for t in variant.split("+")}}
         out[variant] = combine(raw, sub)
+    auto = info.get("auto_calibration")
+    if auto is None:
+        auto = info["auto_calibration"] = calibrate(model, x[info["train_indices"]], x[info["validation_indices"]],
+                                                    scoring="auto")
+        info["auto_chosen"] = auto["scoring"]
+    raw, _, _ = raw_terms(model, xt, terms=tuple(auto["terms"]), calibration=auto)
+    out["auto"] = combine(raw, auto)
     return out
 
 
@@ -218,7 +227,7 @@ def mnist(args):
         model, info, wall = train_detector(_float(normal), args)
         scores = variant_scores(model, info, _float(normal), _float(x_test))
         row.update({f"ae_{v}": auroc(s, labels) for v, s in scores.items()})
-        row.update(train_seconds=round(wall, 1), steps=info["run"]["stopped"]["steps_done"],
+        row.update(train_seconds=round(wall, 1), steps=info["run"]["stopped"]["steps_done"], auto_chosen=info["auto_chosen"],
                    stopped=info["run"]["stopped"]["reason"], options=_options(args),
                    **({"tuning": info["tuning"]} if info.get("tuning") else {}))
         print(f"digit {digit}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if isinstance(v, float)
@@ -298,6 +307,7 @@ def elpv(args):
                   "met_vs_pca_ocsvm": bool(ours >= learned + 0.05), "met_vs_every_baseline": bool(ours >= max(learned, darkness) + 0.05)}
     print(f"bar: {row['bar']}", flush=True)
     row.update(train_seconds=round(wall, 1), steps=info["run"]["stopped"]["steps_done"], image_size=size,
+               auto_chosen=info.get("auto_chosen"),
                stopped=info["run"]["stopped"]["reason"], options=_options(args),
                protocol="scoring chosen on validation (held-out functional + validation defective cells); test "
                         "defective cells exclude the validation ones")
@@ -447,12 +457,15 @@ def write_report(data):
         lines += [f"## MNIST one-class, AUROC, run '{tag}'", "",
                   f"Options: {digits[keys[0]].get('options')}; training seconds per digit: "
                   + ", ".join(f"{k}: {digits[k]['train_seconds']:.0f} ({digits[k]['steps']} steps)" for k in keys), ""]
-        cols = [c for c in ["pca32", "ocsvm_pca32"] + [f"ae_{v}" for v in VARIANTS]
+        cols = [c for c in ["pca32", "ocsvm_pca32"] + [f"ae_{v}" for v in [*VARIANTS, "auto"]]
                 if all(c in digits[k] for k in keys)]  # runs made before a variant existed lack it
         lines += ["| method | " + " | ".join(keys) + " | mean |", "|---" * (len(keys) + 2) + "|"]
         for c in cols:
             values = [digits[k][c] for k in keys]
-            lines.append(f"| {c.replace('ae_', 'autoencoder, ')} | " + " | ".join(f"{v:.3f}" for v in values)
+            name = c.replace("ae_", "autoencoder, ")
+            if c == "ae_auto":
+                name += " (`--scoring auto`: " + ", ".join(f"{k}: {digits[k].get('auto_chosen')}" for k in keys) + ")"
+            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values)
                          + f" | **{np.mean(values):.4f}** |")
         for name, row in PAPER.items():
             values = [row[int(k)] / 100 for k in keys]
@@ -483,6 +496,8 @@ def write_report(data):
                     name = method.replace("ae_", "autoencoder, ")
                     if val and method == f"ae_{row.get('chosen_on_validation')}":
                         name = f"**{name} (chosen)**"
+                    if method == "ae_auto":
+                        name += f" (`--scoring auto`, from normal cells only: {row.get('auto_chosen')})"
                     lines.append(f"| {name} | " + ((f"{v:.3f} | " if v is not None else "- | ") if val else "")
                                  + " | ".join(f"{row[g][method]['auroc']:.3f} / {row[g][method]['ap']:.3f}" for g in groups) + " |")
             else:

@@ -119,6 +119,27 @@ def test_darker_and_l2dark_are_one_sided_towards_dark():
     assert raw_b["darker"].max() < 0 < raw_d["darker"].min()  # a z-score: negative when brighter
 
 
+def test_auto_scoring_chooses_on_synthetic_defects_of_the_held_out_normals():
+    from imageae.anomaly.scoring import AUTO_MAX_TERMS, TERMS, calibrate, parse_scoring
+
+    class Grey(_StubModel):  # reconstructs every image as flat 0.5 grey: only drawn defects stand out
+        def _imageae_forward(self, x):
+            return np.zeros((len(x), 2), np.float32), np.full_like(np.asarray(x, np.float32), 0.5)
+
+    cal = calibrate(Grey(), _normal(64, 0), _normal(40, 1), scoring="auto")
+    choice = cal["scoring_choice"]
+    table = choice["synthetic_auroc_top"]
+    assert cal["scoring"] == choice["chosen"] == next(iter(table))
+    assert list(table.values()) == sorted(table.values(), reverse=True)
+    terms = parse_scoring(cal["scoring"])
+    assert set(terms) <= set(TERMS) and len(terms) <= AUTO_MAX_TERMS and set(cal["terms"]) == set(terms)
+    # the drawn defects are dark blots and lines on these bright images: a local error term wins,
+    # not the code's distance (the stub's code is always 0)
+    assert table[cal["scoring"]] > 0.9 and "latent" not in terms
+    assert np.isfinite(cal["threshold"])
+    assert parse_scoring("auto") == ("auto",)
+
+
 def test_recalibrate_repeats_the_recipes_calibration_and_rescores_with_another_scoring(tmp_path):
     import json
 

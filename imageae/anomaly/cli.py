@@ -91,7 +91,8 @@ def _add_train_arguments(t):
                         "latent (Mahalanobis distance of the code), intensity (the image's mean intensity against the "
                         "training images', either way), darker (the same, one-sided: darker than them) "
                         "(default: ssim+latent; l2dark and darker suit images whose defects are dark, such as "
-                        "solar-cell electroluminescence; see the README)")
+                        "solar-cell electroluminescence), or auto: the combination of up to three terms that best "
+                        "separates the held-out normal images from copies with a drawn line or blot (see the README)")
     t.add_argument("--sparsity", choices=["none", "l1", "kl"], default="none",
                    help="sparse autoencoder: L1 on the code, or KL divergence of the mean sigmoid(code) from "
                         "--sparsity-target (default: none)")

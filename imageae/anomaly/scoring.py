@@ -6,15 +6,22 @@ import numpy as np
 PIXEL_TERMS = ("l2", "ssim", "l2max", "l2wide", "zmax", "l2dark")
 TERMS = PIXEL_TERMS + ("latent", "intensity", "darker")
 DEFAULT_SCORING = "ssim+latent"
+#: ``scoring="auto"``: the combination of up to AUTO_MAX_TERMS terms that best separates the
+#: held-out normal images from copies of them with a drawn defect (:func:`choose_scoring`).
+AUTO = "auto"
+AUTO_MAX_TERMS = 3
 
 
 def parse_scoring(scoring):
-    """``"ssim+latent"`` -> ("ssim", "latent"); ValueError naming the choices otherwise."""
+    """``"ssim+latent"`` -> ("ssim", "latent"), ``"auto"`` -> ("auto",); ValueError naming the
+    choices otherwise."""
+    if str(scoring).strip() == AUTO:
+        return (AUTO,)
     terms = tuple(t.strip() for t in str(scoring).split("+") if t.strip())
     bad = [t for t in terms if t not in TERMS]
     if not terms or bad or len(set(terms)) != len(terms):
-        raise ValueError(f"scoring must be terms from {', '.join(TERMS)} joined by '+' (e.g. 'ssim+latent'), "
-                         f"got {scoring!r}")
+        raise ValueError(f"scoring must be 'auto' or terms from {', '.join(TERMS)} joined by '+' "
+                         f"(e.g. 'ssim+latent'), got {scoring!r}")
     return terms
 
 
@@ -190,8 +197,20 @@ def pixel_error_statistics(errors):
 
 def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_rate=0.01, batch_size=64):
     """The ``calibration`` dict of a trained autoencoder, from its training images (the latent
-    Gaussian) and held-out normal images (score statistics and threshold); arrays (N, S, S, C)."""
+    Gaussian) and held-out normal images (score statistics and threshold); arrays (N, S, S, C).
+    ``scoring="auto"`` chooses the terms first (:func:`choose_scoring`; the table is kept in the
+    calibration's ``scoring_choice``)."""
     terms = parse_scoring(scoring)
+    choice = None
+    if terms == (AUTO,):
+        wide = calibrate(model, x_train, x_val, scoring="+".join(TERMS), false_positive_rate=false_positive_rate,
+                         batch_size=batch_size)
+        chosen, table = choose_scoring(model, x_val, wide, batch_size=batch_size)
+        terms = parse_scoring(chosen)
+        choice = {"method": f"auto: the combination of up to {AUTO_MAX_TERMS} terms with the highest AUROC of the "
+                            f"{len(x_val)} held-out normal images against copies of them with one drawn defect "
+                            f"(synthetic_defects, seed 0); ties to fewer terms",
+                  "chosen": chosen, "synthetic_auroc_top": dict(list(table.items())[:10])}
     if not 0.0 < false_positive_rate < 1.0:
         raise ValueError(f"false_positive_rate must be between 0 and 1 (e.g. 0.01 for 1 %), got {false_positive_rate}")
     latent = pixel_error = intensity = None
@@ -218,6 +237,8 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
         calibration["pixel_error"] = pixel_error
     if intensity is not None:
         calibration["intensity"] = intensity
+    if choice is not None:
+        calibration["scoring_choice"] = choice
     scores = combine(raw, calibration)
     # The heat map is the squared error whatever the score: the local SSIM of flat, noisy
     # regions (a dark background) is unstable and lit up whole backgrounds in the tests.
@@ -240,6 +261,30 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
 def combine(raw, calibration):
     """The anomaly score: the sum of the standardised terms of ``calibration['scoring']``."""
     return sum((raw[name] - stat["mean"]) / stat["std"] for name, stat in calibration["terms"].items())
+
+
+def choose_scoring(model, x_val, calibration, *, max_terms=AUTO_MAX_TERMS, batch_size=64):
+    """The scoring for ``scoring="auto"``: every combination of up to ``max_terms`` of the terms
+    of ``calibration`` (one made with all of :data:`TERMS`), each term standardised on the held-out
+    normal images ``x_val`` as the detector does, ranked by the AUROC of ``x_val`` against
+    :func:`synthetic_defects` copies of it. Only normal images are needed. Returns ``(scoring,
+    {scoring: AUROC} best first)``; ties go to fewer terms, then to the order of TERMS."""
+    import itertools
+
+    names = tuple(calibration["terms"])
+    given = {"terms": names, "calibration": calibration, "batch_size": batch_size}
+    normal, _, _ = raw_terms(model, x_val, **given)
+    defective, _, _ = raw_terms(model, synthetic_defects(x_val, seed=0), **given)
+    stats = {t: (normal[t].mean(), max(normal[t].std(), 1e-12)) for t in names}
+    rows = []
+    for r in range(1, max_terms + 1):
+        for combo in itertools.combinations(names, r):
+            def score(raw, combo=combo):
+                return sum((raw[t] - stats[t][0]) / stats[t][1] for t in combo)
+
+            rows.append(("+".join(combo), round(auroc(score(normal), score(defective)), 4), r))
+    rows.sort(key=lambda row: (-row[1], row[2]))  # stable: TERMS order within a tie
+    return rows[0][0], {name: value for name, value, _ in rows}
 
 
 def synthetic_defects(x, *, seed=0):
