@@ -23,7 +23,10 @@ Score terms (:mod:`imageae.anomaly.scoring`): ``l2`` (mean squared error), ``ssi
 and ``l2wide`` (the largest local mean of the squared error, Gaussian sigma side/32 and
 side/16: defects small against the image), ``zmax`` (the squared error standardised pixel by
 pixel by its mean and spread on the training images, then its largest local mean: places the
-model always reconstructs badly stop dominating) and ``latent``.
+model always reconstructs badly stop dominating), ``l2dark`` (``l2wide`` of only the pixels
+darker than their reconstruction), ``latent``, ``intensity`` and ``darker`` (the image's mean
+intensity against the training images', either way or one-sided). ``scoring="auto"`` chooses
+the combination from the normal images alone (:func:`imageae.anomaly.scoring.choose_scoring`).
 """
 
 from pathlib import Path
