@@ -120,7 +120,7 @@ def raw_terms(model, x, *, batch_size=64, terms=TERMS, calibration=None):
         # l2wide of only the pixels darker than their reconstruction: for images whose defects
         # are dark (cracks and dead regions in electroluminescence, stains on paper), a bright
         # glint or a reflection is then no anomaly.
-        dark = np.mean(np.maximum(x_hat - x, 0.0) ** 2, axis=-1)
+        dark = maps["l2dark"] = np.mean(np.maximum(x_hat - x, 0.0) ** 2, axis=-1)
         local = gaussian_blur(dark[..., None], sigma=model.image_size / 16.0)[..., 0]
         terms["l2dark"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
     if "zmax" in wanted:
@@ -240,9 +240,10 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
     if choice is not None:
         calibration["scoring_choice"] = choice
     scores = combine(raw, calibration)
-    # The heat map is the squared error whatever the score: the local SSIM of flat, noisy
-    # regions (a dark background) is unstable and lit up whole backgrounds in the tests.
-    pixel = ["l2"]
+    # The heat map is the squared error whatever the score (the local SSIM of flat, noisy
+    # regions, a dark background, is unstable and lit up whole backgrounds in the tests), or only
+    # its darker-than-reconstructed part when the score looks only there (l2dark).
+    pixel = ["l2dark"] if "l2dark" in terms else ["l2"]
     heat = sum(maps[t] / float(max(raw[t].std(), 1e-12)) for t in pixel)
     calibration.update(
         false_positive_rate=float(false_positive_rate),
