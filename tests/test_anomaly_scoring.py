@@ -117,6 +117,11 @@ def test_darker_and_l2dark_are_one_sided_towards_dark():
         assert auroc(raw_n[term], raw_d[term]) == 1.0 and auroc(raw_n[term], raw_b[term]) <= 0.5
     assert np.all(raw_b["l2dark"] <= raw_n["l2dark"] + 1e-6)  # the bright spot adds nothing
     assert raw_b["darker"].max() < 0 < raw_d["darker"].min()  # a z-score: negative when brighter
+    # the heat map follows the score: only the dark spot lights up
+    assert cal["map_terms"] == ["l2dark"]
+    _, maps_b, _ = raw_terms(model, bright, **given)
+    _, maps_d, _ = raw_terms(model, dark, **given)
+    assert maps_b["l2dark"][:, 10:16, 10:16].max() == 0 < maps_d["l2dark"][:, 10:16, 10:16].min()
 
 
 def test_auto_scoring_chooses_on_synthetic_defects_of_the_held_out_normals():
