@@ -257,7 +257,9 @@ def gaussian_lowpass(x, sigma):
     window, so a window with :func:`gaussian_radius` pixels of context around it gets the whole
     image's values exactly, provided it starts at a multiple of k (the model's stride is)."""
     x = keras.ops.cast(x, "float32")
-    ones = keras.ops.ones_like(x[..., :1])
+    # from x, not its shape: with a fixed input shape (LiteRT) a shape-only ones would be folded into
+    # full-size constant planes in the file
+    ones = x[..., :1] * 0.0 + 1.0
     k, coarse = _lowpass_plan(sigma)
     if k == 1:
         return _blur(x, sigma) / _blur(ones, sigma)
