@@ -6,6 +6,7 @@ The recipes themselves live with their jobs (:mod:`imageae.denoise.train`,
 :mod:`imageae.codec.train`, :mod:`imageae.generate.train`).
 """
 
+import io
 import json
 import math
 import os
@@ -487,5 +488,17 @@ def plot_history(csv_path, png_path, metric=None):
         ax2.set_xlabel("epoch")
         ax2.set_ylabel("validation PSNR (dB)" if "psnr" in key else key)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100)
     plt.close(fig)
+    save_palette_png(buffer, png_path)
+
+
+def save_palette_png(source, path):
+    """Save an image (a path or file object) as a 256-colour PNG: a line plot needs no more, and
+    the model cards' curves take about a third of the bytes (saved_models/ has a size budget)."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+            path, optimize=True)

@@ -487,7 +487,11 @@ def calibrate_auto_strength(model, output, *, pairs_dir=None, grey_dir=None, gre
             "mean_psnr_db": {f"floor {f:g}, highpass {h:g}": v for (f, h), v in table.items()},
             "mean_input_psnr_db": round(float(np.mean([r["input_psnr_db"] for r in rows])), 4),
             "median_estimate": round(float(np.median([r["estimate"] for r in rows])), 3),
-            "per_pair": rows, "hardware": hardware_summary(),
+            # each pair's PSNR along the chosen width and the chosen floor (the whole grid's means above)
+            "per_pair": [{k: v for k, v in row.items() if not k.startswith("floor_")
+                          or k.endswith(f"_highpass_{highpass:g}") or k.startswith(f"floor_{floor:g}_")}
+                         for row in rows],
+            "hardware": hardware_summary(),
             "method": "strength='auto' = max(estimate, floor), and the predicted noise's Gaussian average of width "
                       "noise_highpass pixels given back to the image; the (floor, highpass) with the best mean "
                       "PSNR (uint8) over the pairs",
