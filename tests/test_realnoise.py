@@ -229,6 +229,28 @@ def test_camera_recipe_trains_a_level_model_from_a_blind_one(tmp_path):
     assert set(card["metrics"]["validation_camera_noise_psnr_db"]) == {"noisy", "true_level", "auto_level"}
 
 
+def test_fine_tuning_keeps_the_calibrated_floor_gain_and_highpass(level_model, tmp_path):
+    import keras
+    from PIL import Image
+
+    from imageae.denoise.train import DenoiserTrainConfig, train_denoiser
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray((rng.random((48, 48, 3)) * 255).astype(np.uint8)).save(data / f"{i}.png")
+    init = keras.saving.load_model(level_model)
+    init.auto_level_floor, init.grey_level_gain, init.noise_highpass = 6 / 255, 1.4, 4.0
+    init.save(tmp_path / "calibrated.keras")
+    config = DenoiserTrainConfig(data=[str(data)], output=str(tmp_path / "tuned.keras"), channels=3,
+                                 init=str(tmp_path / "calibrated.keras"), noise="camera", steps=2, steps_per_epoch=1,
+                                 batch_size=2, patch_size=32, validation_fraction=0.25, precision="float32",
+                                 checkpoint_dir=str(tmp_path / "ck"))
+    tuned = keras.saving.load_model(train_denoiser(config, progress=False))
+    assert (tuned.auto_level_floor, tuned.grey_level_gain, tuned.noise_highpass) == (6 / 255, 1.4, 4.0)
+
+
 def test_camera_recipe_refuses_grey(tmp_path):
     from imageae.denoise.train import DenoiserTrainConfig, train_denoiser
 
