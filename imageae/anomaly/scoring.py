@@ -109,20 +109,17 @@ def raw_terms(model, x, *, batch_size=64, terms=TERMS, calibration=None):
     if "l2max" in wanted:
         # The largest local mean of the squared error (Gaussian, sigma = side / 32: 2 pixels at
         # 64), for defects that are small against the image, whose mean error they barely move.
-        local = gaussian_blur(maps["l2"][..., None], sigma=model.image_size / 32.0)[..., 0]
-        terms["l2max"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+        terms["l2max"] = _local_max(maps["l2"], model.image_size / 32.0)
     if "l2wide" in wanted:
         # The same at sigma = side / 16 (4 pixels at 64): defects a few times larger, such as the
         # dark (inactive) regions of solar cells.
-        local = gaussian_blur(maps["l2"][..., None], sigma=model.image_size / 16.0)[..., 0]
-        terms["l2wide"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+        terms["l2wide"] = _local_max(maps["l2"], model.image_size / 16.0)
     if "l2dark" in wanted:
         # l2wide of only the pixels darker than their reconstruction: for images whose defects
         # are dark (cracks and dead regions in electroluminescence, stains on paper), a bright
         # glint or a reflection is then no anomaly.
-        dark = maps["l2dark"] = np.mean(np.maximum(x_hat - x, 0.0) ** 2, axis=-1)
-        local = gaussian_blur(dark[..., None], sigma=model.image_size / 16.0)[..., 0]
-        terms["l2dark"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+        maps["l2dark"] = np.mean(np.maximum(x_hat - x, 0.0) ** 2, axis=-1)
+        terms["l2dark"] = _local_max(maps["l2dark"], model.image_size / 16.0)
     if "zmax" in wanted:
         # Each pixel's squared error standardised by that pixel's error mean and spread on the
         # training images (some places, such as edges and busbars, always reconstruct worse),
@@ -131,27 +128,32 @@ def raw_terms(model, x, *, batch_size=64, terms=TERMS, calibration=None):
         if pixel_error is None:
             raise ValueError("the zmax term needs the per-pixel error statistics of a calibration (pixel_error)")
         z = (maps["l2"] - np.asarray(pixel_error["mean"], np.float32)) / np.asarray(pixel_error["std"], np.float32)
-        local = gaussian_blur(z[..., None], sigma=model.image_size / 32.0)[..., 0]
-        terms["zmax"] = local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
-    if "intensity" in wanted:
-        # A global statistic beside the reconstruction: how far the image's mean intensity lies from
-        # the training images' (a squared z-score, either way): a cell that is dark all over, or
-        # overexposed, reconstructs well and still is not like the normal ones.
-        if intensity is None:
-            raise ValueError("the intensity term needs the training images' intensity statistics of a calibration")
-        means = x.reshape(len(x), -1).mean(axis=1).astype(np.float64)
-        terms["intensity"] = ((means - intensity["mean"]) / intensity["std"]) ** 2
-    if "darker" in wanted:
-        # One-sided: how much darker the image is than the training images on average (a
-        # z-score, negative when brighter), for images whose defects are dark.
-        if intensity is None:
-            raise ValueError("the darker term needs the training images' intensity statistics of a calibration")
-        means = x.reshape(len(x), -1).mean(axis=1).astype(np.float64)
-        terms["darker"] = (intensity["mean"] - means) / intensity["std"]
+        terms["zmax"] = _local_max(z, model.image_size / 32.0)
+    for name in ("intensity", "darker"):
+        if name in wanted and intensity is None:
+            raise ValueError(f"the {name} term needs the training images' intensity statistics of a calibration")
+    if wanted & {"intensity", "darker"}:
+        # How much darker than the training images the image is on average (a z-score):
+        # "intensity" squares it (either way: a cell that is dark all over, or overexposed,
+        # reconstructs well and still is not like the normal ones); "darker" keeps its sign
+        # (one-sided, negative when brighter, for images whose defects are dark).
+        darker = (intensity["mean"] - x.reshape(len(x), -1).mean(axis=1).astype(np.float64)) / intensity["std"]
+        terms.update({name: value for name, value in (("intensity", darker**2), ("darker", darker)) if name in wanted})
     if latent is not None and "latent" in wanted:
         d = code.astype(np.float64) - np.asarray(latent["mean"])
         terms["latent"] = np.einsum("ij,jk,ik->i", d, np.asarray(latent["precision"]), d)
     return terms, maps, code
+
+
+def _local_max(maps, sigma):
+    """Per map of an (N, S, S) stack, its largest local mean (Gaussian of ``sigma`` pixels)."""
+    local = gaussian_blur(maps[..., None], sigma=sigma)[..., 0]
+    return local.reshape(len(local), -1).max(axis=1).astype(np.float64) if len(local) else np.zeros(0)
+
+
+def _standardisation(raw, names):
+    """Each term's mean and spread over held-out normal images: what :func:`combine` divides by."""
+    return {name: {"mean": float(raw[name].mean()), "std": float(max(raw[name].std(), 1e-12))} for name in names}
 
 
 def _forward(model, batch):
@@ -195,29 +197,14 @@ def pixel_error_statistics(errors):
     return {"mean": np.round(mean, 8).tolist(), "std": np.round(std, 8).tolist()}
 
 
-def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_rate=0.01, batch_size=64):
-    """The ``calibration`` dict of a trained autoencoder, from its training images (the latent
-    Gaussian) and held-out normal images (score statistics and threshold); arrays (N, S, S, C).
-    ``scoring="auto"`` chooses the terms first (:func:`choose_scoring`; the table is kept in the
-    calibration's ``scoring_choice``)."""
-    terms = parse_scoring(scoring)
-    choice = None
-    if terms == (AUTO,):
-        wide = calibrate(model, x_train, x_val, scoring="+".join(TERMS), false_positive_rate=false_positive_rate,
-                         batch_size=batch_size)
-        chosen, table = choose_scoring(model, x_val, wide, batch_size=batch_size)
-        terms = parse_scoring(chosen)
-        choice = {"method": f"auto: the combination of up to {AUTO_MAX_TERMS} terms with the highest AUROC of the "
-                            f"{len(x_val)} held-out normal images against copies of them with one drawn defect "
-                            f"(synthetic_defects, seed 0); ties to fewer terms",
-                  "chosen": chosen, "synthetic_auroc_top": dict(list(table.items())[:10])}
-    if not 0.0 < false_positive_rate < 1.0:
-        raise ValueError(f"false_positive_rate must be between 0 and 1 (e.g. 0.01 for 1 %), got {false_positive_rate}")
-    latent = pixel_error = intensity = None
-    if "intensity" in terms or "darker" in terms:
+def _fit_on_training(model, x_train, terms, batch_size):
+    """What ``terms`` need from the training images: the latent Gaussian, the per-pixel error
+    statistics and the mean-intensity statistics (None where no term needs them)."""
+    fitted = {"latent": None, "pixel_error": None, "intensity": None}
+    if {"intensity", "darker"} & set(terms):
         means = x_train.reshape(len(x_train), -1).mean(axis=1)
-        intensity = {"mean": float(means.mean()), "std": float(max(means.std(), 1e-6))}
-    if "latent" in terms or "zmax" in terms:
+        fitted["intensity"] = {"mean": float(means.mean()), "std": float(max(means.std(), 1e-6))}
+    if {"latent", "zmax"} & set(terms):
         codes, errors = [], []
         for i in range(0, len(x_train), batch_size):
             batch = np.ascontiguousarray(x_train[i : i + batch_size], np.float32)
@@ -225,12 +212,36 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
             codes.append(code)
             errors.append(np.mean((x_hat - batch) ** 2, axis=-1))
         if "latent" in terms:
-            latent = fit_latent_gaussian(np.concatenate(codes))
+            fitted["latent"] = fit_latent_gaussian(np.concatenate(codes))
         if "zmax" in terms:
-            pixel_error = pixel_error_statistics(np.concatenate(errors))
-    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, terms=terms,
-                             calibration={"latent": latent, "pixel_error": pixel_error, "intensity": intensity})
-    stats = {name: {"mean": float(raw[name].mean()), "std": float(max(raw[name].std(), 1e-12))} for name in terms}
+            fitted["pixel_error"] = pixel_error_statistics(np.concatenate(errors))
+    return fitted
+
+
+def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_rate=0.01, batch_size=64):
+    """The ``calibration`` dict of a trained autoencoder, from its training images (the latent
+    Gaussian) and held-out normal images (score statistics and threshold); arrays (N, S, S, C).
+    ``scoring="auto"`` chooses the terms first (:func:`choose_scoring`; the table is kept in the
+    calibration's ``scoring_choice``)."""
+    terms = parse_scoring(scoring)
+    if not 0.0 < false_positive_rate < 1.0:
+        raise ValueError(f"false_positive_rate must be between 0 and 1 (e.g. 0.01 for 1 %), got {false_positive_rate}")
+    auto = terms == (AUTO,)
+    candidates = TERMS if auto else terms  # auto: every term once, then the chosen ones kept
+    fitted = _fit_on_training(model, x_train, candidates, batch_size)
+    raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, terms=candidates, calibration=fitted)
+    choice = None
+    if auto:
+        chosen, table = choose_scoring(model, x_val, fitted, normal=raw, batch_size=batch_size)
+        terms = parse_scoring(chosen)
+        choice = {"method": f"auto: the combination of up to {AUTO_MAX_TERMS} terms with the highest AUROC of the "
+                            f"{len(x_val)} held-out normal images against copies of them with one drawn defect "
+                            f"(synthetic_defects, seed 0); ties to fewer terms",
+                  "chosen": chosen, "synthetic_auroc_top": dict(list(table.items())[:10])}
+    latent = fitted["latent"] if "latent" in terms else None
+    pixel_error = fitted["pixel_error"] if "zmax" in terms else None
+    intensity = fitted["intensity"] if {"intensity", "darker"} & set(terms) else None
+    stats = _standardisation(raw, terms)
     calibration = {"scoring": "+".join(terms), "terms": stats, "latent": latent,
                    "ssim_window": _ssim_window(model.image_size)}
     if pixel_error is not None:
@@ -264,27 +275,26 @@ def combine(raw, calibration):
     return sum((raw[name] - stat["mean"]) / stat["std"] for name, stat in calibration["terms"].items())
 
 
-def choose_scoring(model, x_val, calibration, *, max_terms=AUTO_MAX_TERMS, batch_size=64):
-    """The scoring for ``scoring="auto"``: every combination of up to ``max_terms`` of the terms
-    of ``calibration`` (one made with all of :data:`TERMS`), each term standardised on the held-out
-    normal images ``x_val`` as the detector does, ranked by the AUROC of ``x_val`` against
-    :func:`synthetic_defects` copies of it. Only normal images are needed. Returns ``(scoring,
-    {scoring: AUROC} best first)``; ties go to fewer terms, then to the order of TERMS."""
+def choose_scoring(model, x_val, fitted, *, terms=TERMS, normal=None, max_terms=AUTO_MAX_TERMS, batch_size=64):
+    """The scoring for ``scoring="auto"``: every combination of up to ``max_terms`` of ``terms``,
+    each term standardised on the held-out normal images ``x_val`` as the detector does, ranked by
+    the AUROC of ``x_val`` against :func:`synthetic_defects` copies of it. Only normal images are
+    needed. ``fitted``: what the terms need from the training images (as :func:`raw_terms`'s
+    ``calibration``); ``normal``: ``x_val``'s raw terms when already computed. Returns
+    ``(scoring, {scoring: AUROC} best first)``; ties go to fewer terms, then to the order of terms."""
     import itertools
 
-    names = tuple(calibration["terms"])
-    given = {"terms": names, "calibration": calibration, "batch_size": batch_size}
-    normal, _, _ = raw_terms(model, x_val, **given)
+    given = {"terms": terms, "calibration": fitted, "batch_size": batch_size}
+    if normal is None:
+        normal, _, _ = raw_terms(model, x_val, **given)
     defective, _, _ = raw_terms(model, synthetic_defects(x_val, seed=0), **given)
-    stats = {t: (normal[t].mean(), max(normal[t].std(), 1e-12)) for t in names}
+    stats = _standardisation(normal, terms)
     rows = []
     for r in range(1, max_terms + 1):
-        for combo in itertools.combinations(names, r):
-            def score(raw, combo=combo):
-                return sum((raw[t] - stats[t][0]) / stats[t][1] for t in combo)
-
-            rows.append(("+".join(combo), round(auroc(score(normal), score(defective)), 4), r))
-    rows.sort(key=lambda row: (-row[1], row[2]))  # stable: TERMS order within a tie
+        for combo in itertools.combinations(terms, r):
+            sub = {"terms": {t: stats[t] for t in combo}}
+            rows.append(("+".join(combo), round(auroc(combine(normal, sub), combine(defective, sub)), 4), r))
+    rows.sort(key=lambda row: (-row[1], row[2]))  # stable: the order of terms within a tie
     return rows[0][0], {name: value for name, value, _ in rows}
 
 
