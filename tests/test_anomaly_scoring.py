@@ -134,6 +134,8 @@ def test_auto_scoring_chooses_on_synthetic_defects_of_the_held_out_normals():
     cal = calibrate(Grey(), _normal(64, 0), _normal(40, 1), scoring="auto")
     choice = cal["scoring_choice"]
     table = choice["synthetic_auroc_top"]
+    # turned copies of uniform noise are like the normal images: no orientation, drawn defects rank
+    assert choice["ranked_on"] == "drawn" and choice["best_auroc_turned"] < 0.9 <= choice["best_auroc_drawn"]
     assert cal["scoring"] == choice["chosen"] == next(iter(table))
     assert list(table.values()) == sorted(table.values(), reverse=True)
     terms = parse_scoring(cal["scoring"])
@@ -143,6 +145,58 @@ def test_auto_scoring_chooses_on_synthetic_defects_of_the_held_out_normals():
     assert table[cal["scoring"]] > 0.9 and "latent" not in terms
     assert np.isfinite(cal["threshold"])
     assert parse_scoring("auto") == ("auto",)
+
+
+def _ramp():
+    """Bright at the top left, dark at the bottom right: turned or mirrored, it is another image."""
+    steps = np.arange(SIDE, dtype=np.float32)
+    return (0.7 - 0.4 * (steps[:, None] + steps[None, :]) / (2 * SIDE - 2))[None, :, :, None]
+
+
+def _oriented(n, seed):
+    """The ramp with noise: images that have an orientation."""
+    return np.clip(_ramp() + np.random.default_rng(seed).normal(0, 0.03, (n, SIDE, SIDE, 1)), 0, 1).astype(np.float32)
+
+
+class _Ramp(_StubModel):
+    """Reconstructs every image as the normal images' ramp, its code the image's top-minus-bottom
+    and left-minus-right brightness."""
+
+    def _imageae_forward(self, x):
+        x = np.asarray(x, np.float32)
+        half = SIDE // 2
+        code = np.stack([x[:, :half].mean((1, 2, 3)) - x[:, half:].mean((1, 2, 3)),
+                         x[:, :, :half].mean((1, 2, 3)) - x[:, :, half:].mean((1, 2, 3))], axis=1)
+        return code.astype(np.float32), np.broadcast_to(_ramp(), x.shape).copy()
+
+
+def test_auto_ranks_on_turned_copies_when_the_images_have_an_orientation():
+    from imageae.anomaly.scoring import TURNED_MIN_AUROC, calibrate
+
+    cal = calibrate(_Ramp(), _oriented(64, 0), _oriented(40, 1), scoring="auto")
+    choice = cal["scoring_choice"]
+    assert choice["ranked_on"] == "turned" and choice["best_auroc_turned"] >= TURNED_MIN_AUROC
+    # the table and the choice are the turned copies' ranking; a turned ramp is told apart fully
+    assert choice["synthetic_auroc_top"][cal["scoring"]] == choice["best_auroc_turned"] == 1.0
+
+
+def test_synthetic_turned_rotates_and_mirrors_each_image_in_turn():
+    from imageae.anomaly.scoring import synthetic_turned
+
+    x = np.random.default_rng(0).uniform(0, 1, (5, 6, 6, 2)).astype(np.float32)
+    turned = synthetic_turned(x)
+    assert turned.shape == x.shape and turned.dtype == np.float32
+    assert np.array_equal(turned[0], np.rot90(x[0])) and np.array_equal(turned[1], x[1, ::-1, ::-1])
+    assert np.array_equal(turned[2], x[2, :, ::-1]) and np.array_equal(turned[3], x[3, ::-1])
+    assert np.array_equal(turned[4], np.rot90(x[4])) and synthetic_turned(x[:0]).shape == (0, 6, 6, 2)
+
+
+def test_auto_with_few_held_out_images_keeps_the_default():
+    from imageae.anomaly.scoring import AUTO_MIN_IMAGES, DEFAULT_SCORING, FALLBACK_SCORING, calibrate
+
+    assert DEFAULT_SCORING == "auto"
+    cal = calibrate(_Ramp(), _oriented(64, 0), _oriented(AUTO_MIN_IMAGES - 1, 1))
+    assert cal["scoring"] == FALLBACK_SCORING and "fewer than" in cal["scoring_choice"]["method"]
 
 
 def test_recalibrate_repeats_the_recipes_calibration_and_rescores_with_another_scoring(tmp_path):

@@ -85,14 +85,16 @@ def _add_train_arguments(t):
     t.add_argument("--false-positive-rate", type=_fraction, default=0.01,
                    help="share of normal images the threshold may flag (default: 0.01, 1 %%)")
     t.add_argument("--scoring", default=None,
-                   help="score terms joined by '+': l2 (squared error), ssim (1 - local SSIM), l2max / l2wide "
-                        "(largest local mean of the squared error, fine / coarse), zmax (the same on the error "
-                        "standardised per pixel), l2dark (l2wide of only the pixels darker than their reconstruction), "
-                        "latent (Mahalanobis distance of the code), intensity (the image's mean intensity against the "
-                        "training images', either way), darker (the same, one-sided: darker than them) "
-                        "(default: ssim+latent; l2dark and darker suit images whose defects are dark, such as "
-                        "solar-cell electroluminescence), or auto: the combination of up to three terms that best "
-                        "separates the held-out normal images from copies with a drawn line or blot (see the README)")
+                   help="auto (default): the combination of up to three terms that best separates the held-out "
+                        "normal images from copies of them turned or mirrored (when the images have an orientation: "
+                        "digits, parts) or with a drawn line or blot (when they look alike turned: textures, solar "
+                        "cells); the calibration keeps the choice and why (see the README). Or terms joined by '+': "
+                        "l2 (squared error), ssim (1 - local SSIM), l2max / l2wide (largest local mean of the squared "
+                        "error, fine / coarse), zmax (the same on the error standardised per pixel), l2dark (l2wide of "
+                        "only the pixels darker than their reconstruction), latent (Mahalanobis distance of the code), "
+                        "intensity (the image's mean intensity against the training images', either way), darker (the "
+                        "same, one-sided: darker than them); e.g. l2dark+darker for images whose defects are dark, "
+                        "such as solar-cell electroluminescence, when a few known defective images can confirm it")
     t.add_argument("--sparsity", choices=["none", "l1", "kl"], default="none",
                    help="sparse autoencoder: L1 on the code, or KL divergence of the mean sigmoid(code) from "
                         "--sparsity-target (default: none)")

@@ -220,16 +220,19 @@ def _with_hyperparameters(config, values, size):
 
 def validation_objective(model, x_val, *, seed=0):
     """How a trial is scored: the AUROC of its detector's scores (the run's ``scoring``) on the
-    held-out normal images against copies of them with a drawn defect
-    (:func:`imageae.anomaly.scoring.synthetic_defects`), and their mean squared error."""
-    from imageae.anomaly.scoring import auroc, combine, raw_terms, synthetic_defects
+    held-out normal images against synthetic anomalies made of them: turned copies where the
+    calibration's ``scoring="auto"`` ranked on those (:func:`imageae.anomaly.scoring.synthetic_turned`),
+    else copies with a drawn defect (:func:`imageae.anomaly.scoring.synthetic_defects`); and their
+    mean squared error."""
+    from imageae.anomaly.scoring import auroc, combine, raw_terms, synthetic_defects, synthetic_turned
 
     cal = model.calibration
     given = {"terms": tuple(cal["terms"]), "calibration": cal}
+    turned = cal.get("scoring_choice", {}).get("ranked_on") == "turned"
     normal, _, _ = raw_terms(model, x_val, **given)
-    defective, _, _ = raw_terms(model, synthetic_defects(x_val, seed=seed), **given)
+    anomalous, _, _ = raw_terms(model, (synthetic_turned if turned else synthetic_defects)(x_val, seed=seed), **given)
 
-    return {"val_auroc_synthetic": auroc(combine(normal, cal), combine(defective, cal)),
+    return {"val_auroc_synthetic": auroc(combine(normal, cal), combine(anomalous, cal)),
             "val_mse": float(normal["l2"].mean())}
 
 
@@ -237,7 +240,7 @@ def tune_hyperparameters(images, config, trials, *, directory, progress=False):
     """A KerasTuner random search of :data:`TUNE_SPACE` on ``images``: ``trials`` short runs of
     the recipe, each with ``config``'s steps and time budget split over twice the trials (half
     of the budget is left for the final run), scored on the run's validation split by
-    :func:`validation_objective` (higher synthetic-defect AUROC wins; lower MSE breaks ties).
+    :func:`validation_objective` (higher synthetic-anomaly AUROC wins; lower MSE breaks ties).
 
     Returns ``(chosen, table)``: the winning values (a dict over :data:`TUNE_SPACE`) and one row
     per trial (its values, objective, steps and seconds), best first.
@@ -314,8 +317,9 @@ def train_anomaly(config, *, progress=True, licence=None):
                                      max_seconds=round(max(60.0, config.max_seconds - spent)) if config.max_seconds else 0.0)
         tuning = {"trials": config.tune_trials, "chosen": chosen, "search_seconds": round(spent, 1),
                   "space": TUNE_SPACE, "method": "KerasTuner RandomSearchOracle (keras-tuner), seeded with --seed",
-                  "objective": "AUROC of the detector's score on the validation split's normal images against copies "
-                               "of them with one drawn defect (a line or an ellipse), higher is better; "
+                  "objective": "AUROC of the detector's score on the validation split's normal images against "
+                               "synthetic anomalies made of them (turned copies where the auto scoring ranked on "
+                               "those, else copies with one drawn line or ellipse), higher is better; "
                                "validation MSE breaks ties",
                   "budget": "each trial: the steps and --max-minutes split over 2 x trials; the final run: the rest "
                             "(at least 1 min)",
@@ -324,6 +328,12 @@ def train_anomaly(config, *, progress=True, licence=None):
     model, info = fit_autoencoder(images, config, checkpoint_dir=checkpoint_dir, resuming=resuming, output=output,
                                   progress=progress)
     config, run, cal = info["config"], info["run"], model.calibration
+    choice = cal.get("scoring_choice")
+    if choice:
+        kinds = {"turned": "turned or mirrored copies", "drawn": "copies with a drawn line or blot"}
+        how = (f"ranked on {kinds[choice['ranked_on']]} of the held-out images, AUROC "
+               f"{choice['synthetic_auroc_top'][cal['scoring']]:.3f}" if "ranked_on" in choice else choice["method"])
+        print(f"scoring auto chose {cal['scoring']} ({how}); --scoring TERMS sets it", flush=True)
     # The card's own calibration section leaves out the arrays (the latent Gaussian, the per-pixel
     # error statistics); its architecture section holds the whole calibration, as the model does
     # (imageae.anomaly.litert recognises the shipped detector by it).
