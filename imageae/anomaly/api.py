@@ -25,8 +25,9 @@ side/16: defects small against the image), ``zmax`` (the squared error standardi
 pixel by its mean and spread on the training images, then its largest local mean: places the
 model always reconstructs badly stop dominating), ``l2dark`` (``l2wide`` of only the pixels
 darker than their reconstruction), ``latent``, ``intensity`` and ``darker`` (the image's mean
-intensity against the training images', either way or one-sided). ``scoring="auto"`` chooses
-the combination from the normal images alone (:func:`imageae.anomaly.scoring.choose_scoring`).
+intensity against the training images', either way or one-sided). The default,
+``scoring="auto"``, chooses the combination from the normal images alone, on turned copies of
+them or on drawn defects (:func:`imageae.anomaly.scoring.choose_scoring`).
 """
 
 from pathlib import Path
