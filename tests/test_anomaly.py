@@ -174,7 +174,7 @@ def _write_pngs(folder, images):
         Image.fromarray(np.round(x * 255).astype(np.uint8)).save(folder / f"{k:03d}.png")
 
 
-def test_cli_trains_a_detector_with_card_and_curve(tmp_path):
+def test_cli_trains_a_detector_with_card_and_curve(tmp_path, capsys):
     from imageae.cli import main
 
     _write_pngs(tmp_path / "normal", _images(40, 0))
@@ -187,6 +187,9 @@ def test_cli_trains_a_detector_with_card_and_curve(tmp_path):
     assert card["job"] == "anomaly" and card["training"]["image_size"] == SIDE
     assert card["calibration"]["false_positive_rate"] == 0.05 and model.with_suffix(".curve.png").exists()
     assert card["training"]["stopped"]["steps_done"] == 20
+    # the default scoring is auto; 4 held-out images are too few to rank on, and it says so
+    assert card["training"]["config"]["scoring"] == "auto" and card["calibration"]["scoring"] == "ssim+latent"
+    assert "scoring auto chose ssim+latent (auto with 4 held-out images (fewer than 20)" in capsys.readouterr().out
 
 
 def test_cli_scores_a_folder(detector, tmp_path, capsys):
