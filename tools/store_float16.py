@@ -61,13 +61,15 @@ def _psnr_to_clean(names, outputs):
     """Mean PSNR against data/clean for the samples that have their clean image there."""
     from PIL import Image
 
+    from imageae.metrics import psnr
+
     values = []
     for name, out in zip(names, outputs):
         clean_path = REPO / "data" / "clean" / (name.split("-")[0] + ".png")
         if clean_path.exists():
             clean = np.asarray(Image.open(clean_path), np.float64)
             if clean.shape == out.shape:
-                values.append(10 * np.log10(255.0**2 / np.mean((clean - out) ** 2)))
+                values.append(psnr(clean, out))
     return round(float(np.mean(values)), 3) if values else None
 
 

@@ -238,15 +238,15 @@ def calibrate(model, x_train, x_val, *, scoring=DEFAULT_SCORING, false_positive_
     if not 0.0 < false_positive_rate < 1.0:
         raise ValueError(f"false_positive_rate must be between 0 and 1 (e.g. 0.01 for 1 %), got {false_positive_rate}")
     auto = terms == (AUTO,)
+    choice = None
+    if auto and len(x_val) < AUTO_MIN_IMAGES:  # decided before any term is computed
+        auto, terms = False, parse_scoring(FALLBACK_SCORING)
+        choice = {"method": f"auto with {len(x_val)} held-out images (fewer than {AUTO_MIN_IMAGES}): too few to rank "
+                            f"scorings, so {FALLBACK_SCORING}", "chosen": FALLBACK_SCORING}
     candidates = TERMS if auto else terms  # auto: every term once, then the chosen ones kept
     fitted = _fit_on_training(model, x_train, candidates, batch_size)
     raw, maps, _ = raw_terms(model, x_val, batch_size=batch_size, terms=candidates, calibration=fitted)
-    choice = None
-    if auto and len(x_val) < AUTO_MIN_IMAGES:
-        terms = parse_scoring(FALLBACK_SCORING)
-        choice = {"method": f"auto with {len(x_val)} held-out images (fewer than {AUTO_MIN_IMAGES}): too few to rank "
-                            f"scorings, so {FALLBACK_SCORING}", "chosen": FALLBACK_SCORING}
-    elif auto:
+    if auto:
         chosen, table, facts = choose_scoring(model, x_val, fitted, normal=raw, batch_size=batch_size)
         terms = parse_scoring(chosen)
         choice = {"method": f"auto: the combination of up to {AUTO_MAX_TERMS} terms with the highest AUROC of the "
